@@ -1,0 +1,67 @@
+"""Errors of the generation service; each carries its data and builds its own message."""
+
+from __future__ import annotations
+
+
+class BackendError(Exception):
+    """Root of every error the backend raises on purpose."""
+
+    exit_status = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadInputError(BackendError):
+    """The caller asked for something that can never succeed as stated (exit status 2)."""
+
+    exit_status = 2
+
+
+class PromptError(BadInputError):
+    """A prompt or one of its flags is invalid.
+
+    ``flag`` names the offending flag (``"--seed"``), or is ``None`` for the prompt text.
+    ``allowed`` says what would have been accepted.
+    """
+
+    def __init__(self, flag: str | None, problem: str, allowed: str) -> None:
+        self.flag = flag
+        self.problem = problem
+        self.allowed = allowed
+        where = flag if flag is not None else "prompt"
+        super().__init__(f"{where}: {problem}; {allowed}")
+
+
+class UnknownModelError(BadInputError):
+    """A job names a model the registry does not declare."""
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        self.name = name
+        self.available = available
+        listed = ", ".join(sorted(available)) or "none configured"
+        super().__init__(f"unknown model {name!r}; available models: {listed}")
+
+
+class ModelLoadError(BackendError):
+    """A declared model could not be loaded (missing folder, missing component)."""
+
+    def __init__(self, name: str, source: str, reason: str) -> None:
+        self.name = name
+        self.source = source
+        self.reason = reason
+        super().__init__(f"model {name!r} from {source}: {reason}")
+
+
+class JobFailedError(BackendError):
+    """A job ended in failure; ``reason`` is what was recorded for it."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        self.job_id = job_id
+        self.reason = reason
+        super().__init__(f"job {job_id} failed: {reason}")
+
+
+class QueueError(BackendError):
+    """A queue operation was refused (unknown job, lost lease)."""

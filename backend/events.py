@@ -1,0 +1,92 @@
+"""Progress events of jobs, fanned out in-process to whoever follows a job."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class EventKind(StrEnum):
+    QUEUED = "queued"
+    STARTED = "started"
+    STEP = "step"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (EventKind.SUCCEEDED, EventKind.FAILED, EventKind.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One thing that happened to a job. ``step``/``total`` for progress, ``eta_s`` when known,
+    ``images`` (paths, the grid first) when it succeeded, ``error`` when it failed."""
+
+    job_id: str
+    kind: EventKind
+    step: int = 0
+    total: int = 0
+    eta_s: float | None = None
+    images: tuple[str, ...] = ()
+    error: str | None = None
+    at_ms: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Subscription:
+    """Events of one job (or of all jobs), buffered from the moment of subscribing."""
+
+    def __init__(self, bus: EventBus, job_id: str | None, max_buffer: int) -> None:
+        self._bus = bus
+        self.job_id = job_id
+        self.queue: asyncio.Queue[JobEvent] = asyncio.Queue(max_buffer)
+
+    def __aiter__(self) -> AsyncIterator[JobEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[JobEvent]:
+        try:
+            while True:
+                event = await self.queue.get()
+                yield event
+                if self.job_id is not None and event.kind.is_final:
+                    return
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._bus.unsubscribe(self)
+
+
+class EventBus:
+    """Per-job subscriptions; publishing never blocks and never fails for slow readers."""
+
+    def __init__(self, *, max_buffer: int = 1000) -> None:
+        self._subscribers: dict[str | None, set[Subscription]] = defaultdict(set)
+        self._max_buffer = max_buffer
+
+    def subscribe(self, job_id: str | None = None) -> Subscription:
+        """Follow one job until its final event, or every job (``None``) until closed."""
+        subscription = Subscription(self, job_id, self._max_buffer)
+        self._subscribers[job_id].add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        subscribers = self._subscribers.get(subscription.job_id)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._subscribers[subscription.job_id]
+
+    def publish(self, event: JobEvent) -> None:
+        targets = (*self._subscribers.get(event.job_id, ()), *self._subscribers.get(None, ()))
+        for subscription in targets:
+            if subscription.queue.full():
+                # A reader that fell behind loses old progress, never the final event.
+                subscription.queue.get_nowait()
+            subscription.queue.put_nowait(event)

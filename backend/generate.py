@@ -1,0 +1,122 @@
+"""``imagine generate``: the whole service path without Discord, with progress."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+from config.settings import PromptSettings, Settings
+
+from backend.app import open_backend
+from backend.catalog import ModelCatalog
+from backend.events import EventKind, JobEvent
+from backend.prompt import PromptLimits, parse_prompt
+
+log = structlog.get_logger(__name__)
+
+
+def prompt_limits(settings: PromptSettings) -> PromptLimits:
+    """The parser's limits as configured."""
+    return PromptLimits(
+        max_prompt_chars=settings.max_prompt_chars,
+        pixel_budget=settings.pixel_budget,
+        max_aspect=settings.max_aspect,
+        max_steps=settings.max_steps,
+        max_guidance=settings.max_guidance,
+        default_n=settings.default_n,
+        max_n=settings.max_n,
+    )
+
+
+async def generate_to_file(
+    settings: Settings, text: str, output: Path | None, *, user_id: int = 0
+) -> Path:
+    """Parse, queue, run and store one job; returns the grid's path (``output`` if given)."""
+    spec = parse_prompt(text, prompt_limits(settings.prompt))
+    ModelCatalog(settings).get(spec.model)  # refuse an unknown model before storing anything
+    progress = ProgressView(sys.stderr)
+    async with open_backend(settings) as backend:
+        service = backend.service
+        job_id = service.new_job_id()
+        subscription = service.follow(job_id)
+        await service.submit(spec, user_id=user_id, job_id=job_id)
+        log.info("generate_submitted", job_id=job_id, seed=spec.seed)
+        try:
+            async for event in subscription:
+                progress.show(event)
+                if event.kind.is_final:
+                    result = service.result_of(event)
+        finally:
+            progress.close()
+        await backend.db.jobs.mark_delivered(job_id)
+    if output is None:
+        return Path(result.grid_path)
+    copy_atomic(Path(result.grid_path), output)
+    return output
+
+
+def copy_atomic(source: Path, target: Path) -> None:
+    """Copy so that ``target`` is either absent or complete, never half-written."""
+    handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as out, source.open("rb") as src:
+            shutil.copyfileobj(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+
+
+class ProgressView:
+    """A progress bar with steps and ETA on a terminal; one log line per stage otherwise."""
+
+    def __init__(self, stream: TextIO, width: int = 30) -> None:
+        self._stream = stream
+        self._tty = _isatty(stream)
+        self._width = width
+        self._started = time.monotonic()
+        self._drawn = False
+
+    def show(self, event: JobEvent) -> None:
+        if event.kind is EventKind.STEP:
+            if self._tty:
+                self._draw(event)
+            return
+        self.close()
+        if event.kind is EventKind.FAILED:
+            log.error("job_failed", job_id=event.job_id, error=event.error)
+        else:
+            elapsed = round(time.monotonic() - self._started, 2)
+            log.info(f"job_{event.kind.value}", job_id=event.job_id, elapsed_s=elapsed)
+
+    def _draw(self, event: JobEvent) -> None:
+        total = max(event.total, 1)
+        filled = int(self._width * event.step / total)
+        bar = "#" * filled + "-" * (self._width - filled)
+        eta = f"ETA {event.eta_s:4.1f}s" if event.eta_s is not None else ""
+        self._stream.write(f"\r[{bar}] {event.step}/{event.total} steps {eta}  ")
+        self._stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._drawn = False
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

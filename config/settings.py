@@ -1,0 +1,248 @@
+"""Typed settings: defaults in code, an optional TOML file, then ``IMAGINE_*`` variables.
+
+Built once at start-up with :func:`load_settings` and passed down; nothing imports a
+settings singleton. A bad value raises :class:`SettingsError`, whose message names the
+key, the value and what is allowed, in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "IMAGINE_"
+ENV_NESTED = "__"
+CONFIG_ENV = "IMAGINE_CONFIG"
+BUILTIN_TINY = "builtin:tiny"
+MASK = "**********"
+
+
+class SettingsError(Exception):
+    """The configuration cannot be used; the message is one line for the operator."""
+
+    exit_status = 2
+
+
+def default_data_dir() -> Path:
+    """Where jobs, images and built models live unless configured: the XDG data home."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "imagine"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    CONSOLE = "console"
+    JSON = "json"
+
+
+class LogSettings(_Section):
+    """Log level and renderer (``auto``: console on a terminal, JSON otherwise)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: LogFormat = LogFormat.AUTO
+
+
+class DiscordSettings(_Section):
+    """The Discord application; only ``imagine bot`` needs the token."""
+
+    token: SecretStr | None = None
+    guild_ids: tuple[int, ...] = ()
+
+
+class QueueBackend(StrEnum):
+    MEMORY = "memory"
+    REDIS = "redis"
+
+
+class QueueSettings(_Section):
+    """Where queued work lives: in this process (``memory``) or shared in Redis."""
+
+    backend: QueueBackend = QueueBackend.MEMORY
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    namespace: str = Field(default="imagine", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    lease_s: float = Field(default=60.0, gt=0)
+
+
+class ModelFamily(StrEnum):
+    SD15 = "sd15"
+    SD2 = "sd2"
+    SDXL = "sdxl"
+
+
+class ModelSettings(_Section):
+    """One model: where it loads from and the defaults a prompt may override."""
+
+    source: str = Field(min_length=1, description="Hub id, local folder, or builtin:tiny")
+    family: ModelFamily = ModelFamily.SD15
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    default_steps: int = Field(default=30, ge=1, le=500)
+    default_guidance: float = Field(default=7.0, ge=0, le=30)
+    scheduler: str = "euler"
+
+
+def _tiny_models() -> dict[str, ModelSettings]:
+    return {"tiny": ModelSettings(source=BUILTIN_TINY, default_steps=8)}
+
+
+class EngineSettings(_Section):
+    """Devices and models."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = Field(default=None, ge=1, le=256)
+    default_model: str = "tiny"
+    models: dict[str, ModelSettings] = Field(default_factory=_tiny_models)
+
+    @field_validator("models")
+    @classmethod
+    def _names_are_plain(cls, models: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
+        for name in models:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+                raise ValueError(f"model name {name!r} must match [A-Za-z0-9][A-Za-z0-9._-]*")
+        if not models:
+            raise ValueError("at least one model must be declared")
+        return models
+
+
+class PromptSettings(_Section):
+    """Limits the prompt parser enforces."""
+
+    max_prompt_chars: int = Field(default=1000, ge=1, le=10_000)
+    pixel_budget: int = Field(default=512 * 512, ge=64 * 64, le=4096 * 4096)
+    max_aspect: float = Field(default=4.0, ge=1.0, le=16.0)
+    max_steps: int = Field(default=150, ge=1, le=1000)
+    max_guidance: float = Field(default=30.0, ge=0, le=100)
+    default_n: int = Field(default=4, ge=1, le=16)
+    max_n: int = Field(default=8, ge=1, le=16)
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; see ``config/imagine.example.toml``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED,
+        extra="forbid",
+        frozen=True,
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    log: LogSettings = LogSettings()
+    discord: DiscordSettings = DiscordSettings()
+    queue: QueueSettings = QueueSettings()
+    engine: EngineSettings = EngineSettings()
+    prompt: PromptSettings = PromptSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init arguments; the environment overrides them.
+        return (env_settings, init_settings)
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "imagine.db"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def require_discord_token(self) -> str:
+        """The bot token, or a clear error when it is not configured."""
+        if self.discord.token is None or not self.discord.token.get_secret_value().strip():
+            raise SettingsError(
+                "discord.token is required to run the bot: set IMAGINE_DISCORD__TOKEN "
+                "or [discord] token in the config file"
+            )
+        return self.discord.token.get_secret_value()
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain data, every secret replaced by a mask."""
+        data = self.model_dump(mode="json")
+        data["discord"]["token"] = MASK if self.discord.token is not None else None
+        data["queue"]["redis_url"] = mask_url(self.queue.redis_url.get_secret_value())
+        return data
+
+
+def mask_url(url: str) -> str:
+    """Hide the password (or the whole user part) of a URL such as ``redis://:pw@host``."""
+    return re.sub(r"(?<=://)([^/@]*)@", lambda m: f"{MASK}@" if m.group(1) else "@", url)
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build the settings from defaults, the TOML file (argument or ``IMAGINE_CONFIG``) and
+    the environment, in increasing priority. ``overrides`` win over everything (tests)."""
+    path = config_file if config_file is not None else os.environ.get(CONFIG_ENV) or None
+    file_values = _read_toml(Path(path)) if path else {}
+    try:
+        settings = Settings(**file_values)
+        if overrides:
+            settings = settings.model_copy(update=overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from exc
+    _check_consistency(settings)
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise SettingsError(f"config file {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"config file {path} cannot be read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc) or "settings"
+    env = ENV_PREFIX + ENV_NESTED.join(loc).upper()
+    value = error.get("input")
+    shown = MASK if _looks_secret(key) else repr(value)
+    if error["type"] == "extra_forbidden":
+        return f"unknown setting {key} (from the config file or {env})"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"invalid setting {key}={shown} ({env}): {error['msg']}{more}"
+
+
+def _looks_secret(key: str) -> bool:
+    return any(word in key for word in ("token", "password", "secret", "redis_url"))
+
+
+def _check_consistency(settings: Settings) -> None:
+    engine, prompt = settings.engine, settings.prompt
+    if engine.default_model not in engine.models:
+        names = ", ".join(sorted(engine.models))
+        raise SettingsError(
+            f"invalid setting engine.default_model={engine.default_model!r}: "
+            f"not among the declared models ({names})"
+        )
+    if prompt.default_n > prompt.max_n:
+        raise SettingsError(
+            f"invalid setting prompt.default_n={prompt.default_n}: "
+            f"must not exceed prompt.max_n={prompt.max_n}"
+        )

@@ -1,0 +1,164 @@
+"""The JobQueue contract; every backend runs this same suite unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from backend.errors import QueueError
+from backend.models import Job, JobSpec, Lane
+from backend.queue.base import JobQueue
+from backend.queue.memory import MemoryQueue
+
+
+class FakeClock:
+    """Milliseconds that move only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+QueueFactory = Callable[[FakeClock], JobQueue]
+BACKENDS: dict[str, QueueFactory] = {"memory": lambda clock: MemoryQueue(now_ms=clock)}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def queue(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[JobQueue]:
+    backend = BACKENDS[request.param](clock)
+    yield backend
+    await backend.close()
+
+
+def make_job(job_id: str, lane: Lane = Lane.REALTIME) -> Job:
+    spec = JobSpec(prompt=f"p {job_id}", seed=1, width=64, height=64)
+    return Job(id=job_id, spec=spec, user_id=7, lane=lane)
+
+
+async def test_satisfies_protocol(queue: JobQueue) -> None:
+    """The backend is a JobQueue."""
+    assert isinstance(queue, JobQueue)
+
+
+async def test_enqueue_is_idempotent_by_id(queue: JobQueue) -> None:
+    """Enqueuing the same id twice keeps one job."""
+    assert await queue.enqueue(make_job("a"))
+    assert not await queue.enqueue(make_job("a"))
+    assert await queue.depth() == 1
+
+
+async def test_claim_gives_fifo_within_lane_and_lanes_in_order(queue: JobQueue) -> None:
+    """Realtime before batch before background; first in, first out within a lane."""
+    await queue.enqueue(make_job("bg", Lane.BACKGROUND))
+    await queue.enqueue(make_job("b1", Lane.BATCH))
+    await queue.enqueue(make_job("r1"))
+    await queue.enqueue(make_job("r2"))
+    order = []
+    for _ in range(4):
+        lease = await queue.claim("w", lease_s=10)
+        assert lease is not None
+        order.append(lease.job.id)
+    assert order == ["r1", "r2", "b1", "bg"]
+    assert await queue.claim("w", lease_s=10) is None
+
+
+async def test_claimed_job_roundtrips_its_spec(queue: JobQueue) -> None:
+    """The claimed job equals the enqueued one."""
+    job = make_job("a")
+    await queue.enqueue(job)
+    lease = await queue.claim("w", lease_s=10)
+    assert lease is not None and lease.job == job and lease.attempt == 1
+
+
+async def test_ack_forgets_and_stale_lease_is_refused(queue: JobQueue) -> None:
+    """After ack the job is gone and a second ack with the same lease fails."""
+    await queue.enqueue(make_job("a"))
+    lease = await queue.claim("w", lease_s=10)
+    assert lease is not None
+    await queue.ack(lease)
+    assert await queue.depth() == 0
+    with pytest.raises(QueueError):
+        await queue.ack(lease)
+
+
+async def test_expired_lease_is_reclaimed_and_old_holder_refused(
+    queue: JobQueue, clock: FakeClock
+) -> None:
+    """A lease not renewed in time returns the job to the queue; its holder loses it."""
+    await queue.enqueue(make_job("a"))
+    first = await queue.claim("w1", lease_s=5)
+    assert first is not None
+    clock.now += 6_000
+    second = await queue.claim("w2", lease_s=5)
+    assert second is not None and second.job.id == "a" and second.attempt == 2
+    with pytest.raises(QueueError):
+        await queue.renew(first, lease_s=5)
+
+
+async def test_renew_extends_the_lease(queue: JobQueue, clock: FakeClock) -> None:
+    """A renewed lease outlives its original expiry."""
+    await queue.enqueue(make_job("a"))
+    lease = await queue.claim("w", lease_s=5)
+    assert lease is not None
+    clock.now += 4_000
+    lease = await queue.renew(lease, lease_s=5)
+    clock.now += 4_000
+    assert await queue.claim("w2", lease_s=5) is None
+    await queue.ack(lease)
+
+
+async def test_requeue_keeps_checkpoint_and_goes_first(queue: JobQueue) -> None:
+    """A requeued job comes back ahead of its lane with its checkpoint."""
+    await queue.enqueue(make_job("a"))
+    await queue.enqueue(make_job("b"))
+    lease = await queue.claim("w", lease_s=10)
+    assert lease is not None and lease.job.id == "a"
+    await queue.requeue(lease, checkpoint=b"state")
+    again = await queue.claim("w", lease_s=10)
+    assert again is not None and again.job.id == "a" and again.checkpoint == b"state"
+
+
+async def test_cancel_queued_and_running(queue: JobQueue) -> None:
+    """Cancelling a queued job removes it; a running one is flagged; unknown ids say False."""
+    await queue.enqueue(make_job("a"))
+    await queue.enqueue(make_job("b"))
+    assert await queue.cancel("b")
+    lease = await queue.claim("w", lease_s=10)
+    assert lease is not None and lease.job.id == "a"
+    assert await queue.cancel("a")
+    assert await queue.is_cancelled("a")
+    assert await queue.claim("w", lease_s=10) is None
+    assert not await queue.cancel("nope")
+
+
+async def test_depth_and_position_per_lane(queue: JobQueue) -> None:
+    """Depth counts queued jobs per lane; position is the 0-based place in its lane."""
+    for name in ("a", "b", "c"):
+        await queue.enqueue(make_job(name))
+    await queue.enqueue(make_job("x", Lane.BATCH))
+    assert await queue.depth(Lane.REALTIME) == 3
+    assert await queue.depth(Lane.BATCH) == 1
+    assert await queue.position("c") == 2
+    assert await queue.position("x") == 0
+    assert await queue.position("missing") is None
+
+
+async def test_claim_waits_for_a_job(queue: JobQueue) -> None:
+    """A claim with wait_s returns as soon as a job is enqueued."""
+
+    async def later() -> None:
+        await asyncio.sleep(0.05)
+        await queue.enqueue(make_job("late"))
+
+    task = asyncio.create_task(later())
+    lease = await queue.claim("w", lease_s=10, wait_s=2.0)
+    await task
+    assert lease is not None and lease.job.id == "late"

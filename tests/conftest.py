@@ -1,0 +1,44 @@
+"""Shared fixtures: isolated settings, the tiny model built once per session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No IMAGINE_* variable of the developer's shell leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("IMAGINE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny offline pipeline, built once for the whole session."""
+    from backend.engine.tiny import ensure_tiny_model
+
+    return ensure_tiny_model(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def engine_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """Environment for a fast real generation: own data dir, the session's tiny model,
+    small images. Returns the data directory."""
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("IMAGINE_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("IMAGINE_ENGINE__MODELS__TINY__SOURCE", str(tiny_model_dir))
+    monkeypatch.setenv("IMAGINE_ENGINE__MODELS__TINY__DEFAULT_STEPS", "2")
+    monkeypatch.setenv("IMAGINE_ENGINE__DEVICE", "cpu")
+    monkeypatch.setenv("IMAGINE_PROMPT__PIXEL_BUDGET", str(128 * 128))
+    monkeypatch.setenv("IMAGINE_LOG__FORMAT", "json")
+    return data_dir
