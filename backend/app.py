@@ -7,14 +7,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
-from config.settings import Settings
-from storage.db import Database
-from storage.images import ImageStore
 
 from backend.catalog import ModelCatalog
 from backend.events import EventBus
 from backend.queue import JobQueue, make_queue
 from backend.service import GenerationService
+from config.settings import Settings
+from storage.db import Database
+from storage.images import ImageStore
 
 log = structlog.get_logger(__name__)
 
@@ -69,12 +69,18 @@ async def _local_worker(backend: Backend) -> AsyncIterator[None]:
     device = pick_device(settings.engine.device)
     registry = ModelRegistry(settings, backend.catalog, device)
     config = WorkerConfig(
-        worker_id=f"{socket.gethostname()}:{device}", device_name=str(device),
+        worker_id=f"{socket.gethostname()}:{device}",
+        device_name=str(device),
         lease_s=settings.queue.lease_s,
     )
     worker = DeviceWorker(
-        config, backend.queue, Engine(registry), backend.catalog, backend.db,
-        backend.images, backend.events,
+        config,
+        backend.queue,
+        Engine(registry),
+        backend.catalog,
+        backend.db,
+        backend.images,
+        backend.events,
     )
     log.info("worker_starting", device=str(device), worker_id=config.worker_id)
     async with worker:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from config.settings import BUILTIN_TINY, ModelSettings, Settings
-
 from backend.errors import BadInputError, UnknownModelError
 from backend.models import SCHEDULER_NAMES, JobSpec
+from config.settings import BUILTIN_TINY, ModelSettings, Settings
 
 
 class ModelCatalog:

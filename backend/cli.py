@@ -10,9 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from config.settings import Settings, SettingsError, load_settings
-
 from backend.errors import BackendError, BadInputError
+from config.settings import Settings, SettingsError, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import TextIO
 
 import structlog
-from config.settings import PromptSettings, Settings
 
 from backend.app import open_backend
 from backend.catalog import ModelCatalog
 from backend.events import EventKind, JobEvent
 from backend.prompt import PromptLimits, parse_prompt
+from config.settings import PromptSettings, Settings
 
 log = structlog.get_logger(__name__)
 

@@ -6,7 +6,6 @@ import uuid
 from dataclasses import dataclass
 
 import structlog
-from storage.db import Database
 
 from backend.catalog import ModelCatalog
 from backend.clock import wall_ms
@@ -14,6 +13,7 @@ from backend.errors import JobFailedError
 from backend.events import EventBus, EventKind, JobEvent, Subscription
 from backend.models import Job, JobSpec, Lane, Speed
 from backend.queue.base import JobQueue
+from storage.db import Database
 
 log = structlog.get_logger(__name__)
 

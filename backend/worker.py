@@ -12,8 +12,6 @@ from typing import Protocol
 
 import structlog
 from PIL import Image
-from storage.db import Database
-from storage.images import ImageStore
 
 from backend.catalog import ModelCatalog
 from backend.clock import wall_ms
@@ -21,6 +19,8 @@ from backend.events import EventBus, EventKind, JobEvent
 from backend.grid import encode_png, make_grid
 from backend.models import Job, JobSpec, JobState
 from backend.queue.base import JobQueue, Lease
+from storage.db import Database
+from storage.images import ImageStore
 
 log = structlog.get_logger(__name__)
 

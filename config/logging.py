@@ -69,17 +69,15 @@ def redact_processor(_logger: Any, _method: str, event_dict: EventDict) -> Event
 
 
 def _stdlib_message(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
-    # A foreign record's message is formatted here so that its arguments are redacted too.
+    # The formatter has already rendered the message with its arguments (so they are
+    # redacted with it); name the stdlib logger it came from.
     record = event_dict.get("_record")
     if record is not None and event_dict.get("_from_structlog") is False:
-        event_dict["event"] = record.getMessage()
         event_dict.setdefault("logger", record.name)
     return event_dict
 
 
-def configure_logging(
-    level: str = "info", fmt: str = "auto", stream: TextIO | None = None
-) -> None:
+def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog and the root logger once for the process (idempotent)."""
     out = stream if stream is not None else sys.stderr
     json_output = fmt == "json" or (fmt == "auto" and not _isatty(out))

@@ -1,0 +1,1 @@
+"""SQLite persistence and the content-addressed image store; the only home of SQL."""

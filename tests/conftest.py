@@ -19,7 +19,7 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> It
         if name.startswith("IMAGINE_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    yield
+    return
 
 
 @pytest.fixture(scope="session")

@@ -37,4 +37,3 @@ def test_torch_free_modules_do_not_import_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert result.stdout.strip() == ""
-

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from config.settings import ModelFamily, ModelSettings, Settings
 
 from backend.catalog import ModelCatalog
 from backend.errors import ModelLoadError
+from config.settings import ModelFamily, ModelSettings, Settings
 
 _SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("EulerDiscreteScheduler", {}),
@@ -87,14 +87,14 @@ class ModelRegistry:
 
         model = self._catalog.get(name)
         source = self.source_of(name)
-        if os.sep in source or source.startswith("."):
-            if not Path(source, "model_index.json").is_file():
-                raise ModelLoadError(name, source, "folder has no model_index.json")
+        is_folder = os.sep in source or source.startswith(".")
+        if is_folder and not Path(source, "model_index.json").is_file():
+            raise ModelLoadError(name, source, "folder has no model_index.json")
         pipeline_class = getattr(diffusers, _PIPELINES[model.family])
         dtype = pick_dtype(model, self.device)
         try:
             pipe = pipeline_class.from_pretrained(
-                source, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+                source, dtype=dtype, safety_checker=None, requires_safety_checker=False
             )
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise ModelLoadError(name, source, str(exc).splitlines()[0]) from exc

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from config.settings import QueueBackend, Settings
-
 from backend.queue.base import JobQueue, Lease
 from backend.queue.memory import MemoryQueue
+from config.settings import QueueBackend, Settings
 
 __all__ = ["JobQueue", "Lease", "MemoryQueue", "make_queue"]
 

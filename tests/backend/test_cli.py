@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from backend.cli import main
 from PIL import Image
+
+from backend.cli import main
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -85,7 +86,9 @@ def test_bad_prompt_exits_2_and_writes_nothing(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.png")]
 
 
-def test_unknown_model_lists_available(engine_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_model_lists_available(
+    engine_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """An unknown --model is refused with the list of available models."""
     assert main(["generate", "a cat --model sdxl"]) == 2
     assert "available models: tiny" in capsys.readouterr().err
@@ -143,8 +146,9 @@ def test_config_show_masks_token(
     assert "tok-123456789" not in out
 
 
-def test_migrate_reports_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_migrate_reports_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`imagine migrate` creates the database at the newest schema version."""
     monkeypatch.setenv("IMAGINE_DATA_DIR", str(tmp_path))
     assert main(["migrate"]) == 0
@@ -153,7 +157,9 @@ def test_migrate_reports_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert db.execute("PRAGMA user_version").fetchone()[0] == 1
 
 
-def test_build_tiny_refuses_existing_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_build_tiny_refuses_existing_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`model build-tiny` into an existing directory exits 2 and leaves it alone."""
     (tmp_path / "keep.txt").write_text("x")
     assert main(["model", "build-tiny", str(tmp_path)]) == 2

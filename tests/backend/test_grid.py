@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from backend.grid import encode_png, grid_shape, make_grid
 from PIL import Image
+
+from backend.grid import encode_png, grid_shape, make_grid
 
 
 @pytest.mark.parametrize(

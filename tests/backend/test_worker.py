@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
 from backend.app import Backend, open_backend
 from backend.errors import JobFailedError
 from backend.models import JobSpec
 from backend.worker import DeviceWorker, WorkerConfig
 from config.settings import Settings, load_settings
-from PIL import Image
 
 
 class FakeEngine:
@@ -33,7 +34,10 @@ class FakeEngine:
         for step in range(1, 3):
             if on_step is not None:
                 on_step(step, 2)
-        return [Image.new("RGB", (spec.width, spec.height), (index * 60, 0, 0)) for index in range(spec.n)]
+        return [
+            Image.new("RGB", (spec.width, spec.height), (index * 60, 0, 0))
+            for index in range(spec.n)
+        ]
 
 
 @pytest.fixture
@@ -46,8 +50,13 @@ async def backend(settings: Settings) -> AsyncIterator[tuple[Backend, FakeEngine
     engine = FakeEngine()
     async with open_backend(settings, local_worker=False) as backend:
         worker = DeviceWorker(
-            WorkerConfig("test-worker", poll_s=0.05), backend.queue, engine, backend.catalog,
-            backend.db, backend.images, backend.events,
+            WorkerConfig("test-worker", poll_s=0.05),
+            backend.queue,
+            engine,
+            backend.catalog,
+            backend.db,
+            backend.images,
+            backend.events,
         )
         async with worker:
             yield backend, engine
@@ -100,5 +109,5 @@ async def test_progress_events_carry_steps_and_eta(backend: tuple[Backend, FakeE
     events = [event async for event in subscription]
     steps = [(e.step, e.total) for e in events if e.kind.value == "step"]
     assert steps == [(1, 2), (2, 2)]
-    assert [e.kind.value for e in events][0] == "queued"
+    assert next(e.kind.value for e in events) == "queued"
     assert events[-1].kind.value == "succeeded"

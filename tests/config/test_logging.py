@@ -8,6 +8,7 @@ import logging
 
 import pytest
 import structlog
+
 from config.logging import REDACTED, configure_logging, redact_text, register_secret
 
 BOT_TOKEN = "MTA4NzY1NDMyMTA5ODc2NTQzMg.GaBcDe.abcdefghijklmnopqrstuvwxyz0123456789AB"

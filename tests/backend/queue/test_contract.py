@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+
 from backend.errors import QueueError
 from backend.models import Job, JobSpec, Lane
 from backend.queue.base import JobQueue

@@ -1,0 +1,398 @@
+"""The denoising loop, driven over a pipeline's components, one step at a time.
+
+Each job owns its scheduler instance, one CPU ``torch.Generator`` per sample, its
+latents and its step index. :func:`denoise_step` advances any set of jobs of one
+model and latent shape by one step with a single UNet forward: rows may differ in
+prompt, seed, guidance, scheduler, step count and current step. A job running
+alone goes through exactly the operations of the stock diffusers pipeline, in the
+same order and batch layout, so its pixels match the stock call bit for bit.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from backend.engine.registry import make_scheduler
+from backend.engine.state import DenoiseState, restore_scheduler, scheduler_state
+from backend.models import SEED_MAX, JobSpec
+from config.settings import ModelFamily
+
+# Largest img2img source accepted, in pixels (a 4096 x 4096 image).
+MAX_SOURCE_PIXELS = 4096 * 4096
+MIN_SOURCE_SIDE = 8
+
+
+class JobError(Exception):
+    """This job cannot continue (bad source image, NaN latents); the others can."""
+
+
+def load_source_image(data: bytes, max_pixels: int = MAX_SOURCE_PIXELS) -> Image.Image:
+    """Decode an img2img source; JobError if it is not an image or is too large."""
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            size = probe.size
+            if size[0] * size[1] > max_pixels:
+                raise JobError(f"source image {size[0]}x{size[1]} exceeds {max_pixels} pixels")
+            image = probe.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise JobError(f"source is not a readable image: {exc}") from exc
+    check_source_image(image, max_pixels)
+    return image
+
+
+def check_source_image(image: Image.Image, max_pixels: int = MAX_SOURCE_PIXELS) -> None:
+    width, height = image.size
+    if min(width, height) < MIN_SOURCE_SIDE:
+        raise JobError(f"source image {width}x{height} is smaller than {MIN_SOURCE_SIDE} px")
+    if width * height > max_pixels:
+        raise JobError(f"source image {width}x{height} exceeds {max_pixels} pixels")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the engine runs for one job: a resolved spec and, for img2img, a source.
+
+    ``strength`` is the fraction of the schedule that is re-noised and denoised
+    again for image-to-image (variation, upscale); ``None`` means text-to-image.
+    """
+
+    job_id: str
+    spec: JobSpec
+    init_image: Image.Image | None = None
+    strength: float | None = None
+
+    def __post_init__(self) -> None:
+        spec = self.spec
+        if spec.model is None or spec.steps is None or spec.scheduler is None:
+            raise ValueError("a Request needs a spec resolved by the model catalog")
+        if (self.init_image is None) != (self.strength is None):
+            raise ValueError("init_image and strength go together")
+        if self.strength is not None and not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+
+    @property
+    def steps(self) -> int:
+        assert self.spec.steps is not None
+        return self.spec.steps
+
+
+@dataclass(slots=True)
+class Conditioning:
+    """Text conditioning rows in UNet order: unconditional rows first when guided."""
+
+    embeds: torch.Tensor
+    added: dict[str, torch.Tensor] = field(default_factory=dict)
+    timestep_cond: torch.Tensor | None = None
+
+
+class ModelRuntime:
+    """A loaded pipeline's components and the family-specific parts of the loop."""
+
+    def __init__(self, name: str, pipe: Any, family: ModelFamily, device: torch.device) -> None:
+        self.name = name
+        self.pipe = pipe
+        self.family = family
+        self.device = device
+        self.unet = pipe.unet
+        self.vae = pipe.vae
+        self.dtype: torch.dtype = pipe.unet.dtype
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.latent_channels: int = int(self.unet.config.in_channels)
+        self.scheduler_config = pipe.scheduler.config
+        self.guidance_embedding = self.unet.config.time_cond_proj_dim is not None
+
+    def latent_shape(self, spec: JobSpec) -> tuple[int, int, int]:
+        return (self.latent_channels, spec.height // self.vae_scale, spec.width // self.vae_scale)
+
+    def uses_guidance(self, spec: JobSpec) -> bool:
+        # As the stock pipelines decide: guidance-embedded (LCM-distilled) UNets never
+        # run the unconditional half.
+        guidance = spec.guidance if spec.guidance is not None else 0.0
+        return guidance > 1.0 and not self.guidance_embedding
+
+    def encode(self, spec: JobSpec) -> Conditioning:
+        """Prompt embeddings for all of the job's rows (recomputed on every resume)."""
+        cfg = self.uses_guidance(spec)
+        negative = spec.negative_prompt or None
+        with torch.inference_mode():
+            if self.family is ModelFamily.SDXL:
+                cond = self._encode_sdxl(spec, cfg, negative)
+            else:
+                positive, uncond = self.pipe.encode_prompt(
+                    spec.prompt, self.device, spec.n, cfg, negative
+                )
+                cond = Conditioning(torch.cat([uncond, positive]) if cfg else positive)
+            if self.guidance_embedding:
+                scale = torch.tensor((spec.guidance or 0.0) - 1).repeat(spec.n)
+                cond.timestep_cond = self.pipe.get_guidance_scale_embedding(
+                    scale, embedding_dim=self.unet.config.time_cond_proj_dim
+                ).to(device=self.device, dtype=self.dtype)
+        return cond
+
+    def _encode_sdxl(self, spec: JobSpec, cfg: bool, negative: str | None) -> Conditioning:
+        pipe = self.pipe
+        embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
+            prompt=spec.prompt,
+            device=self.device,
+            num_images_per_prompt=spec.n,
+            do_classifier_free_guidance=cfg,
+            negative_prompt=negative,
+        )
+        if pipe.text_encoder_2 is None:
+            projection_dim = int(pooled.shape[-1])
+        else:
+            projection_dim = pipe.text_encoder_2.config.projection_dim
+        size = (spec.height, spec.width)
+        time_ids = pipe._get_add_time_ids(
+            size, (0, 0), size, dtype=embeds.dtype, text_encoder_projection_dim=projection_dim
+        )
+        if cfg:
+            embeds = torch.cat([neg_embeds, embeds])
+            pooled = torch.cat([neg_pooled, pooled])
+            time_ids = torch.cat([time_ids, time_ids])
+        time_ids = time_ids.to(self.device).repeat(spec.n, 1)
+        return Conditioning(
+            embeds.to(self.device),
+            {"text_embeds": pooled.to(self.device), "time_ids": time_ids},
+        )
+
+    def decode(self, latents: torch.Tensor, generators: list[torch.Generator]) -> list[Any]:
+        """Pixels of finished latents, as the stock pipeline produces them."""
+        vae = self.vae
+        with torch.inference_mode():
+            if self.family is ModelFamily.SDXL:
+                return self._decode_sdxl(latents)
+            image = vae.decode(
+                latents / vae.config.scaling_factor, return_dict=False, generator=generators
+            )[0]
+            images: list[Any] = self.pipe.image_processor.postprocess(
+                image, output_type="pil", do_denormalize=[True] * image.shape[0]
+            )
+        return images
+
+    def _decode_sdxl(self, latents: torch.Tensor) -> list[Any]:
+        vae = self.vae
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        if upcast:
+            vae.to(torch.float32)
+            latents = latents.to(torch.float32)
+        mean = getattr(vae.config, "latents_mean", None)
+        std = getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean_t = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+            std_t = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+            latents = latents * std_t / vae.config.scaling_factor + mean_t
+        else:
+            latents = latents / vae.config.scaling_factor
+        try:
+            image = vae.decode(latents, return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+        images: list[Any] = self.pipe.image_processor.postprocess(image, output_type="pil")
+        return images
+
+    def encode_image(
+        self, image: Image.Image, spec: JobSpec, generators: list[torch.Generator]
+    ) -> torch.Tensor:
+        """Scaled VAE latents of ``image`` resized to the spec, one sample per generator."""
+        resized = image.convert("RGB").resize((spec.width, spec.height), Image.Resampling.LANCZOS)
+        pixels = self.pipe.image_processor.preprocess(resized).to(self.device, self.vae.dtype)
+        with torch.inference_mode():
+            rows = [
+                self.vae.encode(pixels).latent_dist.sample(generator=generator)
+                for generator in generators
+            ]
+        latents: torch.Tensor = torch.cat(rows).to(self.dtype) * self.vae.config.scaling_factor
+        return latents
+
+
+def sample_seeds(spec: JobSpec) -> list[int]:
+    """Seed of each sample: the job's seed, then the next ones (wrapping at 2^32)."""
+    return [(spec.seed + index) % (SEED_MAX + 1) for index in range(spec.n)]
+
+
+class ActiveJob:
+    """One job's denoising state on a device; created fresh or from a checkpoint."""
+
+    def __init__(self, request: Request, runtime: ModelRuntime) -> None:
+        spec = request.spec
+        self.request = request
+        self.runtime = runtime
+        self.job_id = request.job_id
+        self.cfg = runtime.uses_guidance(spec)
+        self.guidance = float(spec.guidance or 0.0)
+        self.n = spec.n
+        self.rows = spec.n * (2 if self.cfg else 1)
+        self.key = (runtime.name, *runtime.latent_shape(spec))
+        assert spec.scheduler is not None
+        self.scheduler = make_scheduler(spec.scheduler, runtime.scheduler_config)
+        self.scheduler.set_timesteps(request.steps, device=runtime.device)
+        self.timesteps: torch.Tensor = self.scheduler.timesteps
+        self.start = 0
+        self.step = 0
+        self.generators = [torch.Generator("cpu").manual_seed(s) for s in sample_seeds(spec)]
+        self.latents: torch.Tensor | None = None
+        self.cond: Conditioning | None = None
+        self._step_kwargs = _step_kwargs(self.scheduler, self.generators)
+
+    @property
+    def total(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """Steps done and steps in all, counted from the job's own first step."""
+        return self.step - self.start, self.total - self.start
+
+    def prepare(self) -> None:
+        """Initial latents (noise, or the noised source image) and the conditioning."""
+        runtime, spec = self.runtime, self.request.spec
+        if self.request.strength is not None:
+            self._prepare_img2img()
+        else:
+            from diffusers.utils.torch_utils import randn_tensor
+
+            shape = (spec.n, *runtime.latent_shape(spec))
+            noise = randn_tensor(
+                shape, generator=self.generators, device=runtime.device, dtype=runtime.dtype
+            )
+            self.latents = noise * self.scheduler.init_noise_sigma
+        self.cond = runtime.encode(spec)
+
+    def _prepare_img2img(self) -> None:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        runtime, request = self.runtime, self.request
+        assert request.init_image is not None
+        assert request.strength is not None
+        steps = request.steps
+        kept = min(int(steps * request.strength), steps)
+        self.start = max(steps - kept, 0) * self.scheduler.order
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(self.start)
+        self.step = self.start
+        if self.done:
+            raise JobError(f"strength {request.strength} leaves no step to run at {steps} steps")
+        check_source_image(request.init_image)
+        try:
+            clean = runtime.encode_image(request.init_image, request.spec, self.generators)
+        except (OSError, ValueError) as exc:
+            raise JobError(f"source image unusable: {exc}") from exc
+        noise = randn_tensor(
+            clean.shape, generator=self.generators, device=runtime.device, dtype=runtime.dtype
+        )
+        start_t = self.timesteps[self.start : self.start + 1].repeat(self.n)
+        self.latents = self.scheduler.add_noise(clean, noise, start_t)
+
+    def ensure_conditioning(self) -> None:
+        if self.cond is None:
+            self.cond = self.runtime.encode(self.request.spec)
+
+    def state(self) -> DenoiseState:
+        """The resumable state; prompt embeddings are left out (recomputed)."""
+        assert self.latents is not None
+        return DenoiseState(
+            latents=self.latents,
+            step=self.step,
+            scheduler_state=scheduler_state(self.scheduler),
+            generator_states=[g.get_state() for g in self.generators],
+        )
+
+    def restore(self, state: DenoiseState) -> None:
+        """Continue from a saved state instead of :meth:`prepare`."""
+        if len(state.generator_states) != self.n:
+            raise JobError(
+                f"checkpoint has {len(state.generator_states)} samples, job has {self.n}"
+            )
+        restore_scheduler(self.scheduler, state.scheduler_state)
+        self.timesteps = self.scheduler.timesteps
+        for generator, saved in zip(self.generators, state.generator_states, strict=True):
+            generator.set_state(saved)
+        self.latents = state.latents.to(self.runtime.device, self.runtime.dtype)
+        self.step = state.step
+        if self.request.strength is not None:
+            kept = min(int(self.request.steps * self.request.strength), self.request.steps)
+            self.start = max(self.request.steps - kept, 0) * self.scheduler.order
+
+    def unet_input(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This job's UNet rows and their timestep, as the stock pipeline builds them."""
+        assert self.latents is not None
+        t = self.timesteps[self.step]
+        rows = torch.cat([self.latents] * 2) if self.cfg else self.latents
+        rows = self.scheduler.scale_model_input(rows, t)
+        return rows, t
+
+    def advance(self, noise_pred: torch.Tensor, t: torch.Tensor) -> None:
+        """Apply guidance and this job's scheduler step to its slice of the UNet output."""
+        assert self.latents is not None
+        if self.cfg:
+            uncond, text = noise_pred.chunk(2)
+            noise_pred = uncond + self.guidance * (text - uncond)
+        self.latents = self.scheduler.step(
+            noise_pred, t, self.latents, **self._step_kwargs, return_dict=False
+        )[0]
+        self.step += 1
+        if not bool(torch.isfinite(self.latents).all()):
+            raise JobError(f"non-finite latents (NaN or inf) after step {self.step}")
+
+
+def _step_kwargs(scheduler: Any, generators: list[torch.Generator]) -> dict[str, Any]:
+    accepted = set(inspect.signature(scheduler.step).parameters)
+    kwargs: dict[str, Any] = {}
+    if "eta" in accepted:
+        kwargs["eta"] = 0.0
+    if "generator" in accepted:
+        kwargs["generator"] = generators
+    return kwargs
+
+
+def denoise_step(runtime: ModelRuntime, jobs: list[ActiveJob]) -> dict[str, Exception]:
+    """Advance every job by one step with one UNet forward; returns per-job failures.
+
+    All jobs must share ``runtime`` and latent shape. A job whose step fails (NaN)
+    is reported in the result and left as it was; the others advance.
+    """
+    inputs, stamps, embeds, added, conds = [], [], [], [], []
+    for job in jobs:
+        job.ensure_conditioning()
+        assert job.cond is not None
+        rows, t = job.unet_input()
+        inputs.append(rows)
+        stamps.append(t.reshape(1).to(torch.float32).expand(job.rows))
+        embeds.append(job.cond.embeds)
+        added.append(job.cond.added)
+        if job.cond.timestep_cond is not None:
+            conds.append(job.cond.timestep_cond)
+    added_kwargs = {key: torch.cat([a[key] for a in added]) for key in added[0]} or None
+    with torch.inference_mode():
+        noise_pred = runtime.unet(
+            torch.cat(inputs),
+            torch.cat(stamps).to(runtime.device),
+            encoder_hidden_states=torch.cat(embeds),
+            timestep_cond=torch.cat(conds) if conds else None,
+            added_cond_kwargs=added_kwargs,
+            return_dict=False,
+        )[0]
+        failures: dict[str, Exception] = {}
+        offset = 0
+        for job in jobs:
+            part = noise_pred[offset : offset + job.rows]
+            offset += job.rows
+            t = job.timesteps[job.step]
+            try:
+                job.advance(part, t)
+            except JobError as exc:
+                failures[job.job_id] = exc
+    return failures

@@ -1,0 +1,237 @@
+"""The own denoising loop: stock-exact pixels, exact resume, mixed batches, failures alone."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backend.engine import state as checkpoints
+from backend.engine.batch import BatchCore, Outcome
+from backend.engine.registry import make_scheduler
+from backend.engine.sampler import (
+    ActiveJob,
+    JobError,
+    ModelRuntime,
+    Request,
+    denoise_step,
+    load_source_image,
+    sample_seeds,
+)
+from backend.models import JobSpec
+from config.settings import ModelFamily
+
+EXACT_SCHEDULERS = ["euler", "euler_a", "dpmpp_2m", "lcm"]
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_model_dir: Path) -> ModelRuntime:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    return ModelRuntime("tiny", pipe, ModelFamily.SD15, torch.device("cpu"))
+
+
+def make_spec(**changes: Any) -> JobSpec:
+    base = JobSpec(
+        prompt="a lighthouse at dusk",
+        seed=7,
+        width=64,
+        height=64,
+        steps=5,
+        guidance=7.5,
+        model="tiny",
+        n=2,
+        scheduler="euler",
+    )
+    return replace(base, **changes)
+
+
+def run_core(runtime: ModelRuntime, request: Request, checkpoint: bytes | None = None) -> Any:
+    core = BatchCore(lambda _name: runtime)
+    core.submit(request, checkpoint)
+    while True:
+        for event in core.step():
+            if event.outcome in (Outcome.FINISHED, Outcome.FAILED):
+                return event
+
+
+def stock_images(runtime: ModelRuntime, spec: JobSpec) -> list[np.ndarray]:
+    pipe = runtime.pipe
+    original = pipe.scheduler
+    pipe.scheduler = make_scheduler(spec.scheduler or "euler", original.config)
+    try:
+        generators = [torch.Generator("cpu").manual_seed(s) for s in sample_seeds(spec)]
+        result = pipe(
+            prompt=spec.prompt,
+            negative_prompt=spec.negative_prompt or None,
+            width=spec.width,
+            height=spec.height,
+            num_inference_steps=spec.steps,
+            guidance_scale=spec.guidance,
+            num_images_per_prompt=spec.n,
+            generator=generators,
+            output_type="pil",
+        )
+    finally:
+        pipe.scheduler = original
+    return [np.asarray(image) for image in result.images]
+
+
+def pixels(images: tuple[Image.Image, ...]) -> list[np.ndarray]:
+    return [np.asarray(image) for image in images]
+
+
+def max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> int:
+    return max(int(np.abs(x.astype(int) - y.astype(int)).max()) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("scheduler", EXACT_SCHEDULERS)
+def test_solo_job_matches_stock_pipeline(runtime: ModelRuntime, scheduler: str) -> None:
+    """A job alone on the device gives exactly the stock pipeline's pixels."""
+    spec = make_spec(scheduler=scheduler, negative_prompt="blurry")
+    event = run_core(runtime, Request("j", spec))
+    assert event.outcome is Outcome.FINISHED
+    assert max_diff(pixels(event.images), stock_images(runtime, spec)) == 0
+
+
+@pytest.mark.parametrize("scheduler", EXACT_SCHEDULERS)
+def test_resume_after_every_step_is_exact(runtime: ModelRuntime, scheduler: str) -> None:
+    """Evicted after any step k and resumed from bytes, a job ends with identical pixels."""
+    spec = make_spec(scheduler=scheduler, steps=4)
+    reference = pixels(run_core(runtime, Request("ref", spec)).images)
+    for k in range(1, spec.steps or 0):
+        core = BatchCore(lambda _name: runtime)
+        core.submit(Request("j", spec))
+        for _ in range(k):
+            core.step()
+        core.evict("j")
+        (evicted,) = [e for e in core.step() if e.outcome is Outcome.EVICTED]
+        assert evicted.step == k and evicted.checkpoint is not None
+        resumed = run_core(runtime, Request("j", spec), evicted.checkpoint)
+        assert max_diff(pixels(resumed.images), reference) == 0, f"resume after step {k}"
+
+
+def solo_latents(runtime: ModelRuntime, request: Request) -> torch.Tensor:
+    job = ActiveJob(request, runtime)
+    job.prepare()
+    while not job.done:
+        assert denoise_step(runtime, [job]) == {}
+    assert job.latents is not None
+    return job.latents
+
+
+def test_mixed_batch_rows_match_their_solo_runs(runtime: ModelRuntime) -> None:
+    """Jobs differing in prompt, seed, guidance, scheduler, steps and start share one
+    forward per step, and each ends within 1e-5 of its solo latents (relative to the
+    latents' largest magnitude: the tiny model's random weights leave latents near 20,
+    where float32 rounding from another batch layout alone is about 1e-6 per step)."""
+    requests = [
+        Request("a", make_spec()),
+        Request("b", make_spec(prompt="a red fox", seed=99, guidance=3.0, scheduler="euler_a")),
+        Request("c", make_spec(prompt="snowy peak", seed=5, guidance=1.0, steps=3, n=1)),
+        Request("d", make_spec(scheduler="dpmpp_2m", steps=7, negative_prompt="text")),
+        Request("e", make_spec(scheduler="lcm", steps=4, n=3)),
+    ]
+    jobs = [ActiveJob(request, runtime) for request in requests]
+    for job in jobs:
+        job.prepare()
+    finished: dict[str, torch.Tensor] = {}
+    running = jobs[:2]  # the others join after two steps, mid-flight
+    pending = jobs[2:]
+    boundary = 0
+    while running or pending:
+        if boundary == 2:
+            running, pending = running + pending, []
+        assert denoise_step(runtime, running) == {}
+        boundary += 1
+        for job in [j for j in running if j.done]:
+            assert job.latents is not None
+            finished[job.job_id] = job.latents
+        running = [j for j in running if not j.done]
+    assert jobs[2].rows == 1 and jobs[0].rows == 4  # unguided rows skip the uncond half
+    for request in requests:
+        solo = solo_latents(runtime, request)
+        scale = max(1.0, float(solo.abs().max()))
+        error = float((finished[request.job_id] - solo).abs().max())
+        assert error <= 1e-5 * scale, (request.job_id, error, scale)
+
+
+def test_non_finite_latents_fail_that_job_only(runtime: ModelRuntime) -> None:
+    """A job whose latents turn NaN fails with a reason; its batch-mate advances."""
+    bad, good = (
+        ActiveJob(Request("bad", make_spec()), runtime),
+        ActiveJob(Request("good", make_spec(seed=1)), runtime),
+    )
+    bad.prepare()
+    good.prepare()
+    assert bad.latents is not None
+    bad.latents[0, 0, 0, 0] = float("nan")
+    failures = denoise_step(runtime, [bad, good])
+    assert list(failures) == ["bad"] and "non-finite" in str(failures["bad"])
+    assert good.step == 1
+
+
+def test_checkpoint_is_small_and_safe(runtime: ModelRuntime) -> None:
+    """A dpm++ 2m checkpoint holds latents, history and generator states; it loads
+    without pickle and stays near the latent size per sample."""
+    job = ActiveJob(Request("j", make_spec(scheduler="dpmpp_2m", n=2)), runtime)
+    job.prepare()
+    denoise_step(runtime, [job])
+    denoise_step(runtime, [job])
+    blob = checkpoints.dumps(job.state())
+    latent_bytes = job.latents.numel() * 4 if job.latents is not None else 0
+    # Latents plus two model outputs of the same size, plus generator state.
+    assert len(blob) < 3 * latent_bytes + 2 * 6000 + 4096
+    restored = checkpoints.loads(blob)
+    assert restored.step == 2 and len(restored.generator_states) == 2
+    with pytest.raises(checkpoints.CheckpointError):
+        checkpoints.loads(b"not a checkpoint")
+
+
+def test_img2img_variation_shares_batch_with_txt2img(runtime: ModelRuntime) -> None:
+    """A variation (img2img from a sample) and a text job of the same shape run in one
+    batch; the variation runs only its strength's share of the steps."""
+    source = Image.new("RGB", (64, 64), (200, 80, 20))
+    core = BatchCore(lambda _name: runtime)
+    core.submit(Request("txt", make_spec(steps=4)))
+    core.submit(Request("var", make_spec(steps=4, seed=3), init_image=source, strength=0.5))
+    started = [e for e in core.step() if e.outcome is Outcome.STARTED]
+    assert {e.job_id for e in started} == {"txt", "var"}
+    assert {e.job_id: e.total for e in started} == {"txt": 4, "var": 2}
+    done = {}
+    while core.running:
+        done.update({e.job_id: e for e in core.step() if e.outcome is Outcome.FINISHED})
+    assert set(done) == {"txt", "var"}
+    assert all(image.size == (64, 64) for image in done["var"].images)
+
+
+def test_source_image_bytes_are_checked() -> None:
+    """Bytes that are not an image, or an image over the pixel limit, are refused."""
+    with pytest.raises(JobError, match="not a readable image"):
+        load_source_image(b"GIF89a broken")
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 200)).save(buffer, format="PNG")
+    with pytest.raises(JobError, match="exceeds"):
+        load_source_image(buffer.getvalue(), max_pixels=300 * 199)
+    assert load_source_image(buffer.getvalue()).size == (300, 200)
+
+
+def test_unusable_source_image_fails_alone(runtime: ModelRuntime) -> None:
+    """An img2img source that cannot be used fails its job; the other job runs."""
+    broken = Image.new("RGB", (0, 0))
+    core = BatchCore(lambda _name: runtime)
+    core.submit(Request("bad", make_spec(), init_image=broken, strength=0.5))
+    core.submit(Request("ok", make_spec(steps=2)))
+    outcomes = {}
+    while not core.idle:
+        outcomes.update({e.job_id: e for e in core.step() if e.outcome.value != "progress"})
+    assert outcomes["bad"].outcome is Outcome.FAILED and outcomes["bad"].error
+    assert outcomes["ok"].outcome is Outcome.FINISHED

@@ -1,0 +1,362 @@
+"""The Database (connection set-up, transactions) and its repositories, on real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from storage.db import Database
+from storage.errors import NotFoundError, StateConflictError
+from storage.migrate import current_version
+
+SPEC = '{"prompt":"a lighthouse at dusk","seed":7}'
+
+
+class FakeClock:
+    """Milliseconds that move only when a test says so."""
+
+    def __init__(self, now_ms: int = 1_000) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+    def advance(self, ms: int) -> None:
+        self.now_ms += ms
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def db(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Database]:
+    async with Database.open(tmp_path / "data" / "imagine.db", now_ms=clock) as database:
+        yield database
+
+
+async def pragma(db: Database, name: str) -> object:
+    async with db.connection.execute(f"PRAGMA {name}") as cursor:
+        row = await cursor.fetchone()
+    assert row is not None
+    return row[0]
+
+
+# Connection set-up
+
+
+async def test_open_creates_directory_and_migrates(tmp_path: Path) -> None:
+    """Opening a path in a missing directory creates both and migrates to the latest version."""
+    path = tmp_path / "a" / "b" / "imagine.db"
+    async with Database.open(str(path)) as db:
+        assert db.path == path
+        assert await current_version(db.connection) == 1
+    assert path.is_file()
+
+
+async def test_open_without_migrate_leaves_schema_alone(tmp_path: Path) -> None:
+    """migrate=False opens the database at whatever version it is."""
+    async with Database.open(tmp_path / "x.db", migrate=False) as db:
+        assert await current_version(db.connection) == 0
+
+
+async def test_wal_foreign_keys_and_busy_timeout_are_on(db: Database) -> None:
+    """The connection runs in WAL mode with foreign keys enforced and a busy timeout."""
+    assert await pragma(db, "journal_mode") == "wal"
+    assert await pragma(db, "foreign_keys") == 1
+    assert await pragma(db, "busy_timeout") == 5000
+    assert await pragma(db, "synchronous") == 1  # NORMAL
+
+
+async def test_connection_is_closed_on_exit(tmp_path: Path) -> None:
+    """Leaving the context closes the connection."""
+    async with Database.open(tmp_path / "x.db") as db:
+        pass
+    with pytest.raises(ValueError, match="no active connection"):
+        await db.connection.execute("SELECT 1")
+
+
+async def test_transaction_rolls_back_on_error(db: Database) -> None:
+    """An exception inside transaction() undoes every statement of it."""
+
+    async def failing_write() -> None:
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO users (id, created_at_ms) VALUES (1, 0)")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await failing_write()
+    assert await db.users.get(1) is None
+    assert not db.connection.in_transaction
+
+
+async def test_cancelled_transaction_rolls_back_and_frees_the_connection(db: Database) -> None:
+    """A transaction cancelled midway keeps nothing and the next write goes through."""
+    inside = asyncio.Event()
+
+    async def slow_write() -> None:
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO users (id, created_at_ms) VALUES (1, 0)")
+            inside.set()
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(slow_write())
+    await inside.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await db.users.get(1) is None
+    assert (await db.users.ensure(2)).id == 2
+
+
+# Users and guilds
+
+
+async def test_user_is_created_with_defaults(db: Database, clock: FakeClock) -> None:
+    """ensure() creates an unbanned free-tier user with empty settings, once."""
+    assert await db.users.get(42) is None
+    user = await db.users.ensure(42)
+    assert (user.tier, user.banned, user.ban_reason, user.settings) == ("free", False, None, {})
+    assert user.created_at_ms == clock.now_ms
+    clock.advance(10)
+    assert await db.users.ensure(42) == user
+
+
+async def test_user_tier_ban_and_settings(db: Database) -> None:
+    """Tier, ban (with reason, cleared on unban) and settings are stored and read back."""
+    await db.users.set_tier(7, "pro")  # creates the user on the way
+    banned = await db.users.set_banned(7, True, "spam")
+    assert (banned.tier, banned.banned, banned.ban_reason) == ("pro", True, "spam")
+    unbanned = await db.users.set_banned(7, False, "ignored")
+    assert (unbanned.banned, unbanned.ban_reason) == (False, None)
+    await db.users.update_settings(7, {"stylize": 250, "ar": "16:9"})
+    user = await db.users.get(7)
+    assert user is not None
+    assert user.settings == {"ar": "16:9", "stylize": 250}
+    assert user.tier == "pro"
+
+
+async def test_guild_settings(db: Database) -> None:
+    """Guilds are created on demand and their settings replaced as a whole."""
+    assert await db.guilds.get(5) is None
+    assert (await db.guilds.ensure(5)).settings == {}
+    await db.guilds.update_settings(5, {"nsfw": False})
+    await db.guilds.update_settings(5, {"channel": 9})
+    guild = await db.guilds.get(5)
+    assert guild is not None
+    assert guild.settings == {"channel": 9}
+
+
+# Jobs
+
+
+async def test_job_lifecycle_timestamps_and_attempts(db: Database, clock: FakeClock) -> None:
+    """Each stage stamps its time; a requeued job is queued again and counts a new attempt."""
+    job = await db.jobs.insert("j1", 42, SPEC, "realtime", guild_id=5, channel_id=6)
+    assert (job.state, job.attempts, job.submitted_at_ms) == ("submitted", 0, 1000)
+    assert job.kind == "imagine"
+    assert (job.guild_id, job.channel_id, job.spec_json, job.lane) == (5, 6, SPEC, "realtime")
+    assert await db.users.get(42) is not None
+    assert await db.guilds.get(5) is not None
+
+    clock.advance(100)
+    await db.jobs.mark_queued("j1")
+    clock.advance(100)
+    await db.jobs.mark_started("j1")
+    started = await db.jobs.get("j1")
+    assert started is not None
+    assert (started.state, started.queued_at_ms, started.started_at_ms) == ("running", 1100, 1200)
+    assert started.attempts == 1
+
+    clock.advance(100)
+    await db.jobs.mark_queued("j1")  # preempted
+    requeued = await db.jobs.get("j1")
+    assert requeued is not None
+    assert (requeued.state, requeued.queued_at_ms) == ("queued", 1300)
+
+    clock.advance(100)
+    await db.jobs.mark_started("j1")
+    clock.advance(100)
+    await db.jobs.mark_finished("j1", "succeeded")
+    clock.advance(100)
+    await db.jobs.mark_delivered("j1")
+    done = await db.jobs.get("j1")
+    assert done is not None
+    assert (done.state, done.attempts, done.error) == ("succeeded", 2, None)
+    assert (done.submitted_at_ms, done.queued_at_ms, done.started_at_ms) == (1000, 1300, 1400)
+    assert (done.finished_at_ms, done.delivered_at_ms) == (1500, 1600)
+
+
+async def test_failed_job_records_its_error(db: Database) -> None:
+    """mark_finished('failed', error) keeps the error text."""
+    await db.jobs.insert("j1", 1, SPEC, "batch")
+    await db.jobs.mark_finished("j1", "failed", "out of memory")
+    job = await db.jobs.get("j1")
+    assert job is not None
+    assert (job.state, job.error) == ("failed", "out of memory")
+
+
+@pytest.mark.parametrize("state", ["running", "queued", "submitted", "done"])
+async def test_mark_finished_with_non_final_state_raises(db: Database, state: str) -> None:
+    """Only succeeded, failed or cancelled can finish a job; the row is left unchanged."""
+    await db.jobs.insert("j1", 1, SPEC, "batch")
+    with pytest.raises(ValueError, match="final state"):
+        await db.jobs.mark_finished("j1", state)
+    job = await db.jobs.get("j1")
+    assert job is not None
+    assert (job.state, job.finished_at_ms) == ("submitted", None)
+
+
+async def test_unknown_job_raises_not_found(db: Database) -> None:
+    """Every mark_* on a job that does not exist raises NotFoundError; get returns None."""
+    assert await db.jobs.get("nope") is None
+    for mark in (db.jobs.mark_queued, db.jobs.mark_started, db.jobs.mark_delivered):
+        with pytest.raises(NotFoundError, match="nope"):
+            await mark("nope")
+    with pytest.raises(NotFoundError):
+        await db.jobs.mark_finished("nope", "cancelled")
+
+
+async def test_finished_job_cannot_be_requeued(db: Database) -> None:
+    """mark_queued on a cancelled job raises StateConflictError and keeps it cancelled."""
+    await db.jobs.insert("j1", 1, SPEC, "batch")
+    await db.jobs.mark_finished("j1", "cancelled")
+    with pytest.raises(StateConflictError, match="cancelled"):
+        await db.jobs.mark_queued("j1")
+    job = await db.jobs.get("j1")
+    assert job is not None
+    assert job.state == "cancelled"
+
+
+async def test_insert_rejects_unknown_kind_and_duplicate_id(db: Database) -> None:
+    """An unknown kind is a ValueError; reusing a job id violates the primary key."""
+    with pytest.raises(ValueError, match="kind"):
+        await db.jobs.insert("j1", 1, SPEC, "batch", kind="remix")
+    await db.jobs.insert("j1", 1, SPEC, "batch")
+    with pytest.raises(sqlite3.IntegrityError):
+        await db.jobs.insert("j1", 1, SPEC, "batch")
+
+
+async def test_variation_links_its_parent(db: Database) -> None:
+    """A variation records its kind and parent; an unknown parent is refused."""
+    await db.jobs.insert("parent", 1, SPEC, "realtime")
+    child = await db.jobs.insert(
+        "child", 1, SPEC, "realtime", kind="variation", parent_job_id="parent"
+    )
+    assert (child.kind, child.parent_job_id) == ("variation", "parent")
+    with pytest.raises(sqlite3.IntegrityError):
+        await db.jobs.insert("orphan", 1, SPEC, "realtime", kind="upscale", parent_job_id="gone")
+    assert await db.jobs.get("orphan") is None
+
+
+async def test_job_listings_and_counts(db: Database, clock: FakeClock) -> None:
+    """list_by_state is oldest first, list_for_user newest first, counts cover every state."""
+    for job_id in ("a", "b", "c"):
+        await db.jobs.insert(job_id, 1, SPEC, "batch")
+        clock.advance(10)
+    await db.jobs.insert("other", 2, SPEC, "batch")
+    await db.jobs.mark_queued("a")
+    await db.jobs.mark_queued("c")
+    await db.jobs.mark_started("b")
+
+    assert [j.id for j in await db.jobs.list_by_state("queued")] == ["a", "c"]
+    assert [j.id for j in await db.jobs.list_by_state("queued", "running")] == ["a", "b", "c"]
+    assert await db.jobs.list_by_state() == []
+    with pytest.raises(ValueError, match="unknown job states"):
+        await db.jobs.list_by_state("pending")
+    assert [j.id for j in await db.jobs.list_for_user(1)] == ["c", "b", "a"]
+    assert [j.id for j in await db.jobs.list_for_user(1, limit=2)] == ["c", "b"]
+    assert await db.jobs.count_by_state() == {
+        "submitted": 1,
+        "queued": 2,
+        "running": 1,
+        "succeeded": 0,
+        "failed": 0,
+        "cancelled": 0,
+    }
+
+
+async def test_concurrent_inserts_all_succeed(db: Database) -> None:
+    """Twenty inserts racing on one connection all commit, none interleaved or lost."""
+    await asyncio.gather(
+        *(
+            db.jobs.insert(f"job-{n}", n % 3, SPEC, "realtime", guild_id=n % 2 + 100)
+            for n in range(20)
+        )
+    )
+    assert (await db.jobs.count_by_state())["submitted"] == 20
+    assert {u for u in (0, 1, 2) if await db.users.get(u) is not None} == {0, 1, 2}
+
+
+# Images
+
+
+async def test_image_for_unknown_job_is_rejected(db: Database) -> None:
+    """The images.job_id foreign key refuses a row for a job that does not exist."""
+    with pytest.raises(aiosqlite.IntegrityError) as caught:
+        await db.images.add("ghost", 0, "/x.png", "0" * 64, 64, 64)
+    assert isinstance(caught.value, sqlite3.IntegrityError)
+    assert "FOREIGN KEY" in str(caught.value)
+    assert await db.images.list_for_job("ghost") == []
+
+
+async def test_images_are_listed_grid_first(db: Database) -> None:
+    """list_for_job orders by index, so the grid (-1) comes before samples 0, 1, ..."""
+    await db.jobs.insert("j1", 1, SPEC, "realtime")
+    for idx in (1, 0, -1):
+        await db.images.add("j1", idx, f"/img/{idx}.png", f"{idx + 1}" * 64, 512, 512)
+    assert [image.idx for image in await db.images.list_for_job("j1")] == [-1, 0, 1]
+
+
+async def test_image_add_replaces_same_index(db: Database) -> None:
+    """Adding an index again (a retried attempt) replaces the earlier row."""
+    await db.jobs.insert("j1", 1, SPEC, "realtime")
+    await db.images.add("j1", 0, "/old.png", "a" * 64, 64, 64)
+    await db.images.add("j1", 0, "/new.png", "b" * 64, 128, 96)
+    image = await db.images.get("j1", 0)
+    assert image is not None
+    assert (image.path, image.sha256, image.width, image.height) == ("/new.png", "b" * 64, 128, 96)
+    assert await db.images.get("j1", 1) is None
+    assert len(await db.images.list_for_job("j1")) == 1
+
+
+# Banned words and audit log
+
+
+async def test_banned_words_are_unique_regardless_of_case(db: Database) -> None:
+    """A word banned in one case cannot be added again in another, and removes in any case."""
+    assert await db.banned_words.add("Dragon", added_by=1) is True
+    assert await db.banned_words.add("dragon", added_by=2) is False
+    assert await db.banned_words.add("  DRAGON ", added_by=2) is False
+    assert await db.banned_words.list() == ["Dragon"]
+    assert await db.banned_words.remove("DRAGON") is True
+    assert await db.banned_words.remove("dragon") is False
+    assert await db.banned_words.list() == []
+
+
+async def test_banned_words_are_sorted_case_insensitively(db: Database) -> None:
+    """list() sorts without regard to case."""
+    for word in ("cherry", "Banana", "apple"):
+        await db.banned_words.add(word, added_by=None)
+    assert await db.banned_words.list() == ["apple", "Banana", "cherry"]
+
+
+async def test_audit_log_is_newest_first(db: Database, clock: FakeClock) -> None:
+    """recent() returns entries newest first (by insertion, even within one millisecond)."""
+    first = await db.audit.record(1, "ban", "user:7", {"reason": "spam"})
+    second = await db.audit.record(1, "unban", "user:7")
+    third = await db.audit.record(2, "tier", None, {"tier": "pro"})
+    assert first < second < third
+    entries = await db.audit.recent()
+    assert [e.id for e in entries] == [third, second, first]
+    assert [e.action for e in await db.audit.recent(limit=2)] == ["tier", "unban"]
+    oldest = entries[-1]
+    assert (oldest.actor_id, oldest.target, oldest.detail) == (1, "user:7", {"reason": "spam"})
+    assert oldest.at_ms == clock.now_ms
+    assert entries[1].detail == {}
