@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -15,6 +16,9 @@ from backend.service import GenerationService
 from config.settings import Settings
 from storage.db import Database
 from storage.images import ImageStore
+
+if TYPE_CHECKING:
+    from backend.worker import DeviceWorker
 
 log = structlog.get_logger(__name__)
 
@@ -28,6 +32,7 @@ class Backend:
     catalog: ModelCatalog
     events: EventBus
     service: GenerationService
+    workers: list[DeviceWorker] = field(default_factory=list)
 
 
 @contextlib.asynccontextmanager
@@ -42,7 +47,7 @@ async def open_backend(settings: Settings, *, local_worker: bool = True) -> Asyn
         images = ImageStore(settings.images_dir)
         queue = make_queue(settings)
         events = EventBus()
-        service = GenerationService(db, queue, catalog, events)
+        service = GenerationService(settings, db, queue, catalog, events)
         backend = Backend(settings, db, images, queue, catalog, events, service)
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -57,31 +62,38 @@ async def open_backend(settings: Settings, *, local_worker: bool = True) -> Asyn
 async def _local_worker(backend: Backend) -> AsyncIterator[None]:
     import socket
 
+    from backend.engine.device import make_engine_factory
     from backend.engine.registry import ModelRegistry, pick_device
-    from backend.engine.runner import Engine
     from backend.worker import DeviceWorker, WorkerConfig
 
     settings = backend.settings
-    if settings.engine.torch_threads is not None:
+    engine = settings.engine
+    if engine.torch_threads is not None:
         import torch
 
-        torch.set_num_threads(settings.engine.torch_threads)
-    device = pick_device(settings.engine.device)
+        torch.set_num_threads(engine.torch_threads)
+    device = pick_device(engine.device)
     registry = ModelRegistry(settings, backend.catalog, device)
     config = WorkerConfig(
         worker_id=f"{socket.gethostname()}:{device}",
         device_name=str(device),
         lease_s=settings.queue.lease_s,
+        capacity_rows=engine.max_batch_rows,
+        variation_strength=engine.variation_strength,
+        upscale_strength=engine.upscale_strength,
+        max_source_pixels=engine.max_source_pixels,
     )
     worker = DeviceWorker(
         config,
         backend.queue,
-        Engine(registry),
+        make_engine_factory(registry, engine, str(device)),
         backend.catalog,
         backend.db,
         backend.images,
         backend.events,
     )
+    backend.workers.append(worker)
     log.info("worker_starting", device=str(device), worker_id=config.worker_id)
     async with worker:
         yield
+    backend.workers.remove(worker)

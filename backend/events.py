@@ -13,6 +13,8 @@ class EventKind(StrEnum):
     QUEUED = "queued"
     STARTED = "started"
     STEP = "step"
+    # Taken off a device at a step boundary and queued again, state kept.
+    PREEMPTED = "preempted"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -36,6 +38,7 @@ class JobEvent:
     error: str | None = None
     at_ms: int = 0
     extra: dict[str, str] = field(default_factory=dict)
+    preview: bytes | None = None
 
 
 class Subscription:

@@ -1,4 +1,10 @@
-"""A device worker: claims jobs from the queue, runs them on its device, stores the results."""
+"""A device worker: claims jobs from the queue, feeds them to its device's engine, and
+records what the engine reports (progress, images, failures, preemptions).
+
+The engine batches jobs at step level, so a worker holds several leases at once: it
+claims while the device has room, renews every lease it holds, and on shutdown
+evicts unfinished jobs back to the queue with their checkpoints.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,8 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import structlog
@@ -15,9 +21,11 @@ from PIL import Image
 
 from backend.catalog import ModelCatalog
 from backend.clock import wall_ms
+from backend.engine.types import EngineEvent, Outcome, Request
+from backend.errors import BackendError, QueueError
 from backend.events import EventBus, EventKind, JobEvent
 from backend.grid import encode_png, make_grid
-from backend.models import Job, JobSpec, JobState
+from backend.models import Job, JobState
 from backend.queue.base import JobQueue, Lease
 from storage.db import Database
 from storage.images import ImageStore
@@ -25,17 +33,27 @@ from storage.images import ImageStore
 log = structlog.get_logger(__name__)
 
 GRID_INDEX = -1
+EventSink = Callable[[EngineEvent], None]
 
 
-class ImageGenerator(Protocol):
-    """What a worker runs jobs on (the engine, or a fake in scheduler tests)."""
+class DeviceEngine(Protocol):
+    """A device's engine as a worker drives it (``DeviceRunner``, or a fake in tests).
 
-    def generate(
-        self,
-        spec: JobSpec,
-        on_step: Callable[[int, int], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> list[Image.Image]: ...
+    Events are delivered to the sink given at construction, on any thread.
+    """
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout_s: float = 30.0) -> None: ...
+
+    def submit(self, request: Request, checkpoint: bytes | None = None) -> None: ...
+
+    def evict(self, job_id: str) -> None: ...
+
+    def cancel(self, job_id: str) -> None: ...
+
+
+EngineFactory = Callable[[EventSink], DeviceEngine]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,16 +62,29 @@ class WorkerConfig:
     device_name: str = "cpu"
     lease_s: float = 60.0
     poll_s: float = 1.0
+    # Rows (two per guided sample) claimed ahead; the engine's batch limit is a fair choice.
+    capacity_rows: int = 16
+    variation_strength: float = 0.6
+    upscale_strength: float = 0.3
+    max_source_pixels: int = 4096 * 4096
+
+
+@dataclass(slots=True)
+class _Flight:
+    lease: Lease
+    rows: int
+    started_s: float = field(default_factory=time.monotonic)
+    stopping: bool = False  # evicted or cancelled by us; its final event is pending
 
 
 class DeviceWorker:
-    """Owns one device thread and the loop that feeds it. Use as an async context manager."""
+    """Owns one device engine and the tasks that feed it. An async context manager."""
 
     def __init__(
         self,
         config: WorkerConfig,
         queue: JobQueue,
-        engine: ImageGenerator,
+        engine_factory: EngineFactory,
         catalog: ModelCatalog,
         db: Database,
         images: ImageStore,
@@ -61,14 +92,18 @@ class DeviceWorker:
     ) -> None:
         self.config = config
         self._queue = queue
-        self._engine = engine
         self._catalog = catalog
         self._db = db
         self._images = images
         self._events = events
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"device-{config.device_name}")
-        self._task: asyncio.Task[None] | None = None
+        self._flights: dict[str, _Flight] = {}
+        self._inbox: asyncio.Queue[EngineEvent] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._drained = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._engine = engine_factory(self._from_device)
 
     async def __aenter__(self) -> DeviceWorker:
         self.start()
@@ -78,76 +113,192 @@ class DeviceWorker:
         await self.close()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"worker-{self.config.worker_id}")
+        self._loop = asyncio.get_running_loop()
+        self._engine.start()
+        name = self.config.worker_id
+        self._tasks = [
+            asyncio.create_task(self._claim_loop(), name=f"claim-{name}"),
+            asyncio.create_task(self._event_loop(), name=f"events-{name}"),
+            asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat-{name}"),
+        ]
 
     async def close(self, *, drain_s: float = 30.0) -> None:
-        """Stop claiming, let the running job finish for up to ``drain_s``, then cancel."""
+        """Stop claiming; let running jobs finish for up to ``drain_s``, then evict the
+        rest back to the queue with their checkpoints; stop the device thread."""
         self._stopping.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._task), drain_s)
-            if not self._task.done():
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-        self._thread.shutdown(wait=True, cancel_futures=True)
+        self._room.set()
+        # Claiming stops first, so nothing requeued below is claimed straight back.
+        others = self._tasks[1:]
+        if self._tasks:
+            self._tasks[0].cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tasks[0]
+        await self._wait_drained(drain_s)
+        for job_id, flight in list(self._flights.items()):
+            flight.stopping = True
+            self._engine.evict(job_id)
+        await self._wait_drained(10.0)
+        for task in others:
+            task.cancel()
+        for task in others:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await asyncio.to_thread(self._engine.stop)
 
-    async def _run(self) -> None:
+    async def _wait_drained(self, timeout_s: float) -> None:
+        if not self._flights:
+            return
+        self._drained.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), timeout_s)
+
+    def _landed(self, job_id: str) -> None:
+        """A job left this worker (finished, failed, requeued or lost)."""
+        self._flights.pop(job_id, None)
+        self._room.set()
+        if not self._flights:
+            self._drained.set()
+
+    # -- what the scheduler and the service may ask --------------------------------------
+
+    @property
+    def running_jobs(self) -> list[Job]:
+        return [flight.lease.job for flight in self._flights.values()]
+
+    def evict(self, job_id: str) -> bool:
+        """Take a job off the device at its next step boundary and requeue it."""
+        flight = self._flights.get(job_id)
+        if flight is None or flight.stopping:
+            return False
+        flight.stopping = True
+        self._engine.evict(job_id)
+        return True
+
+    def cancel(self, job_id: str) -> bool:
+        flight = self._flights.get(job_id)
+        if flight is None:
+            return False
+        flight.stopping = True
+        self._engine.cancel(job_id)
+        return True
+
+    # -- claiming ------------------------------------------------------------------------
+
+    def _rows_in_flight(self) -> int:
+        return sum(flight.rows for flight in self._flights.values())
+
+    async def _claim_loop(self) -> None:
+        config = self.config
         while not self._stopping.is_set():
-            lease = await self._queue.claim(
-                self.config.worker_id, lease_s=self.config.lease_s, wait_s=self.config.poll_s
-            )
-            if lease is not None:
-                await self._process(lease)
+            if self._flights and self._rows_in_flight() >= config.capacity_rows:
+                self._room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), config.poll_s)
+                continue
+            try:
+                lease = await self._queue.claim(
+                    config.worker_id, lease_s=config.lease_s, wait_s=config.poll_s
+                )
+            except QueueError as exc:
+                log.warning("claim_failed", error=str(exc))
+                await asyncio.sleep(config.poll_s)
+                continue
+            if lease is None:
+                continue
+            try:
+                await self._begin(lease)
+            except Exception as exc:  # one job's set-up failing must not stop claiming
+                log.exception("job_setup_failed", job_id=lease.job.id)
+                await self._fail(lease.job, f"set-up failed: {exc}")
+                await self._ack(lease)
 
-    async def _process(self, lease: Lease) -> None:
+    async def _begin(self, lease: Lease) -> None:
         job = lease.job
+        try:
+            request = await self._request_for(job)
+        except (BackendError, ValueError, OSError) as exc:
+            await self._db.jobs.mark_started(job.id)
+            await self._fail(job, str(exc))
+            await self._ack(lease)
+            return
+        self._flights[job.id] = _Flight(lease, _rows(job))
+        await self._db.jobs.mark_started(job.id)
+        log.info(
+            "job_claimed", job_id=job.id, attempt=lease.attempt, resumed=bool(lease.checkpoint)
+        )
+        self._engine.submit(request, lease.checkpoint)
+
+    async def _request_for(self, job: Job) -> Request:
+        spec = self._catalog.resolve(job.spec)
+        source = job.meta.get("source_image")
+        if source is None:
+            return Request(job.id, spec)
+        from backend.engine.sampler import load_source_image
+
+        data = await asyncio.to_thread(Path(str(source)).read_bytes)
+        image = await asyncio.to_thread(load_source_image, data, self.config.max_source_pixels)
+        strength = float(job.meta.get("strength", self.config.variation_strength))
+        return Request(job.id, spec, init_image=image, strength=strength)
+
+    # -- engine events ---------------------------------------------------------------------
+
+    def _from_device(self, event: EngineEvent) -> None:
+        """Called on the device thread: hand the event to the event loop."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._inbox.put_nowait, event)
+
+    async def _event_loop(self) -> None:
+        while True:
+            event = await self._inbox.get()
+            flight = self._flights.get(event.job_id)
+            if flight is None:
+                continue
+            try:
+                await self._handle(event, flight)
+            except Exception:  # bookkeeping for one job must not stop the others'
+                log.exception("engine_event_failed", job_id=event.job_id, outcome=event.outcome)
+
+    async def _handle(self, event: EngineEvent, flight: _Flight) -> None:
+        job = flight.lease.job
+        outcome = event.outcome
+        if outcome is Outcome.PROGRESS:
+            self._publish(
+                job.id, EventKind.STEP, event.step, event.total, event.eta_s, preview=event.preview
+            )
+            return
+        if outcome is Outcome.STARTED:
+            self._publish(job.id, EventKind.STARTED, event.step, event.total)
+            return
         with structlog.contextvars.bound_contextvars(
             job_id=job.id, user_id=job.user_id, lane=job.lane.value, device=self.config.device_name
         ):
-            await self._db.jobs.mark_started(job.id)
-            self._publish(job.id, EventKind.STARTED)
-            log.info("job_started", attempt=lease.attempt)
-            heartbeat = asyncio.create_task(self._heartbeat(lease))
-            started = time.monotonic()
-            try:
-                await self._execute(job)
-            except Exception as exc:  # a failing job fails alone; the worker goes on
-                reason = str(exc) or type(exc).__name__
-                await asyncio.shield(self._finish_failed(job, reason))
-                log.warning("job_failed", error=reason, run_s=round(time.monotonic() - started, 3))
-            finally:
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeat
-            with contextlib.suppress(Exception):
-                await self._queue.ack(lease)
+            if outcome is Outcome.FINISHED:
+                await self._succeed(job, list(event.images), flight)
+            elif outcome is Outcome.FAILED:
+                await self._fail(job, event.error or "failed")
+            elif outcome is Outcome.CANCELLED:
+                await asyncio.shield(self._db.jobs.mark_finished(job.id, JobState.CANCELLED.value))
+                self._publish(job.id, EventKind.CANCELLED)
+                log.info("job_cancelled")
+            elif outcome is Outcome.EVICTED:
+                await self._requeue(flight, event)
+                return
+            await self._ack(flight.lease)
 
-    async def _execute(self, job: Job) -> None:
-        spec = self._catalog.resolve(job.spec)
-        loop = asyncio.get_running_loop()
-        started = time.monotonic()
-
-        def on_step(step: int, total: int) -> None:
-            elapsed = time.monotonic() - started
-            eta = elapsed / step * (total - step) if step else None
-            event = JobEvent(job.id, EventKind.STEP, step, total, eta, at_ms=wall_ms())
-            loop.call_soon_threadsafe(self._events.publish, event)
-
-        samples = await loop.run_in_executor(self._thread, self._engine.generate, spec, on_step)
+    async def _succeed(self, job: Job, samples: list[Image.Image], flight: _Flight) -> None:
         paths = await self._store(job, samples)
-        await self._db.jobs.mark_finished(job.id, JobState.SUCCEEDED.value)
-        run_s = time.monotonic() - started
+        await asyncio.shield(self._db.jobs.mark_finished(job.id, JobState.SUCCEEDED.value))
         self._publish(job.id, EventKind.SUCCEEDED, images=tuple(paths))
+        spec = job.spec
         log.info(
             "job_finished",
             state="succeeded",
-            model=spec.model,
-            steps=spec.steps,
+            model=spec.model or self._catalog.default,
             n=spec.n,
             width=spec.width,
             height=spec.height,
-            run_s=round(run_s, 3),
+            run_s=round(time.monotonic() - flight.started_s, 3),
             grid=paths[0],
         )
 
@@ -156,21 +307,78 @@ class DeviceWorker:
         paths = []
         ordered = [(GRID_INDEX, make_grid(samples)), *enumerate(samples)]
         for index, image in ordered:
-            stored = await self._images.write_async(encode_png(image), ".png")
+            data = await asyncio.to_thread(encode_png, image)
+            stored = await self._images.write_async(data, ".png")
             await self._db.images.add(
                 job.id, index, str(stored.path), stored.sha256, image.width, image.height
             )
             paths.append(str(stored.path))
         return paths
 
-    async def _finish_failed(self, job: Job, reason: str) -> None:
-        await self._db.jobs.mark_finished(job.id, JobState.FAILED.value, reason)
+    async def _fail(self, job: Job, reason: str) -> None:
+        await asyncio.shield(self._db.jobs.mark_finished(job.id, JobState.FAILED.value, reason))
         self._publish(job.id, EventKind.FAILED, error=reason)
+        log.warning("job_failed", job_id=job.id, error=reason)
 
-    async def _heartbeat(self, lease: Lease) -> None:
+    async def _requeue(self, flight: _Flight, event: EngineEvent) -> None:
+        job = flight.lease.job
+        self._landed(job.id)
+        try:
+            await self._queue.requeue(flight.lease, checkpoint=event.checkpoint)
+        except QueueError as exc:
+            log.warning("requeue_failed", job_id=job.id, error=str(exc))
+            return
+        await asyncio.shield(self._db.jobs.mark_queued(job.id))
+        self._publish(job.id, EventKind.PREEMPTED, event.step, event.total)
+        size = len(event.checkpoint) if event.checkpoint else 0
+        log.info("job_preempted", job_id=job.id, step=event.step, checkpoint_bytes=size)
+
+    async def _ack(self, lease: Lease) -> None:
+        self._landed(lease.job.id)
+        with contextlib.suppress(QueueError):
+            await self._queue.ack(lease)
+
+    def _publish(
+        self,
+        job_id: str,
+        kind: EventKind,
+        step: int = 0,
+        total: int = 0,
+        eta_s: float | None = None,
+        *,
+        images: tuple[str, ...] = (),
+        error: str | None = None,
+        preview: bytes | None = None,
+    ) -> None:
+        event = JobEvent(
+            job_id, kind, step, total, eta_s, images, error, at_ms=wall_ms(), preview=preview
+        )
+        self._events.publish(event)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = max(self.config.lease_s / 3, 0.05)
         while True:
-            await asyncio.sleep(self.config.lease_s / 3)
-            lease = await self._queue.renew(lease, lease_s=self.config.lease_s)
+            await asyncio.sleep(interval)
+            for job_id, flight in list(self._flights.items()):
+                await self._keep(job_id, flight)
 
-    def _publish(self, job_id: str, kind: EventKind, **fields: object) -> None:
-        self._events.publish(JobEvent(job_id, kind, at_ms=wall_ms(), **fields))  # type: ignore[arg-type]
+    async def _keep(self, job_id: str, flight: _Flight) -> None:
+        try:
+            flight.lease = await self._queue.renew(flight.lease, lease_s=self.config.lease_s)
+            cancelled = await self._queue.is_cancelled(job_id)
+        except QueueError as exc:
+            # Someone else holds the job now: stop our copy without touching its records.
+            log.warning("lease_lost", job_id=job_id, error=str(exc))
+            self._landed(job_id)
+            self._engine.cancel(job_id)
+            return
+        if cancelled and not flight.stopping:
+            self.cancel(job_id)
+
+
+def _rows(job: Job) -> int:
+    # Unknown guidance counts as guided (two rows per sample): claim conservatively.
+    guided = job.spec.guidance is None or job.spec.guidance > 1.0
+    return job.spec.n * (2 if guided else 1)

@@ -102,6 +102,25 @@ class EngineSettings(_Section):
     torch_threads: int | None = Field(default=None, ge=1, le=256)
     default_model: str = "tiny"
     models: dict[str, ModelSettings] = Field(default_factory=_tiny_models)
+    # Continuous batching: UNet rows per step (a guided sample takes two), and how
+    # long an idle device waits for near-simultaneous jobs to start together.
+    max_batch_rows: int = Field(default=16, ge=1, le=256)
+    batch_window_ms: int = Field(default=50, ge=0, le=200)
+    # Loaded models per device are unloaded least-recently-used beyond this (MiB);
+    # None: no limit on CPU, 90% of the GPU's memory on CUDA.
+    memory_budget_mb: int | None = Field(default=None, ge=64)
+    # Previews: a cheap latent projection every N steps (0: none); a real decode every
+    # M steps (0: none), through the TAESD-architecture model in preview_decoder if set.
+    preview_every_steps: int = Field(default=1, ge=0, le=1000)
+    decoded_preview_every_steps: int = Field(default=0, ge=0, le=1000)
+    preview_decoder: str | None = None
+    preview_max_side: int = Field(default=512, ge=64, le=2048)
+    # Image-to-image: how much of the schedule a variation and an upscale redo.
+    variation_strength: float = Field(default=0.6, gt=0, le=1)
+    upscale_strength: float = Field(default=0.3, gt=0, le=1)
+    upscale_factor: int = Field(default=2, ge=2, le=4)
+    # Largest img2img source accepted, in pixels.
+    max_source_pixels: int = Field(default=4096 * 4096, ge=64 * 64)
 
     @field_validator("models")
     @classmethod

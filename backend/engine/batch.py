@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import structlog
@@ -23,41 +22,14 @@ import torch
 
 from backend.engine import state as checkpoints
 from backend.engine.preview import PreviewMaker
-from backend.engine.sampler import ActiveJob, JobError, ModelRuntime, Request, denoise_step
+from backend.engine.sampler import ActiveJob, JobError, ModelRuntime, denoise_step
+from backend.engine.types import EngineEvent, Outcome, Request
+from backend.errors import BackendError
 
 log = structlog.get_logger(__name__)
 
 RuntimeSource = Callable[[str], ModelRuntime]
 BatchKey = tuple[Any, ...]
-
-
-class Outcome(StrEnum):
-    PROGRESS = "progress"
-    STARTED = "started"
-    FINISHED = "finished"
-    FAILED = "failed"
-    EVICTED = "evicted"
-    CANCELLED = "cancelled"
-
-
-@dataclass(frozen=True, slots=True)
-class EngineEvent:
-    """What happened to a job at a step boundary.
-
-    ``images`` for FINISHED (one per sample), ``checkpoint`` for EVICTED (None if the
-    job never started), ``error`` for FAILED, ``preview`` (encoded image bytes) on
-    some PROGRESS events.
-    """
-
-    job_id: str
-    outcome: Outcome
-    step: int = 0
-    total: int = 0
-    eta_s: float | None = None
-    images: tuple[Any, ...] = ()
-    checkpoint: bytes | None = None
-    error: str | None = None
-    preview: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -116,6 +88,13 @@ class BatchCore:
     @property
     def idle(self) -> bool:
         return not self.running and not self.waiting and not self._evict and not self._cancel
+
+    @property
+    def models_in_use(self) -> frozenset[str]:
+        """Models of running and prepared jobs (not to be unloaded)."""
+        active = [job.runtime.name for job in self.running]
+        active += [w.active.runtime.name for w in self.waiting if w.active is not None]
+        return frozenset(active)
 
     @property
     def running_rows(self) -> int:
@@ -188,7 +167,7 @@ class BatchCore:
         for entry in self.waiting:
             try:
                 job = entry.active or self._activate(entry)
-            except (JobError, ValueError, OSError) as exc:
+            except (JobError, BackendError, ValueError, OSError) as exc:
                 events.append(EngineEvent(entry.request.job_id, Outcome.FAILED, error=str(exc)))
                 continue
             entry.active = job

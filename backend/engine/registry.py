@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import structlog
 import torch
 
 from backend.catalog import ModelCatalog
 from backend.errors import ModelLoadError
 from config.settings import ModelFamily, ModelSettings, Settings
+
+if TYPE_CHECKING:
+    from backend.engine.sampler import ModelRuntime
+
+log = structlog.get_logger(__name__)
 
 _SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("EulerDiscreteScheduler", {}),
@@ -30,6 +38,18 @@ _PIPELINES = {
     ModelFamily.SD2: "StableDiffusionPipeline",
     ModelFamily.SDXL: "StableDiffusionXLPipeline",
 }
+
+
+def quiet_model_libraries() -> None:
+    """Silence diffusers' and transformers' progress bars and chatter: the service reports
+    its own progress, and their warnings about optional extras mean nothing to operators."""
+    import diffusers
+    import transformers
+
+    for library in (diffusers, transformers):
+        logging_utils: Any = library.utils.logging
+        logging_utils.set_verbosity_error()
+        logging_utils.disable_progress_bar()
 
 
 def pick_device(preference: str) -> torch.device:
@@ -57,14 +77,18 @@ def make_scheduler(name: str, config: Any) -> Any:
 
 
 class ModelRegistry:
-    """Pipelines by model name for one device, loaded on first use."""
+    """Models by name for one device: loaded on first use, unloaded least-recently-used
+    when the device's memory budget would be exceeded. Thread-safe."""
 
     def __init__(self, settings: Settings, catalog: ModelCatalog, device: torch.device) -> None:
         self._settings = settings
         self._catalog = catalog
         self.device = device
-        self._loaded: dict[str, Any] = {}
+        self._loaded: OrderedDict[str, ModelRuntime] = OrderedDict()
+        self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.budget_bytes = _budget_bytes(settings.engine.memory_budget_mb, device)
+        quiet_model_libraries()
 
     def source_of(self, name: str) -> str:
         """Where the model loads from; builds the embedded tiny model on first use."""
@@ -75,12 +99,44 @@ class ModelRegistry:
             return str(ensure_tiny_model(self._settings.models_dir))
         return model.source
 
-    def pipeline(self, name: str) -> Any:
-        """The loaded pipeline for ``name`` on this registry's device."""
+    def runtime(self, name: str, in_use: frozenset[str] = frozenset()) -> ModelRuntime:
+        """The loaded model ``name``; may unload others not in ``in_use`` to fit the budget."""
         with self._lock:
-            if name not in self._loaded:
-                self._loaded[name] = self._load(name)
-            return self._loaded[name]
+            if name in self._loaded:
+                self._loaded.move_to_end(name)
+                return self._loaded[name]
+            from backend.engine.sampler import ModelRuntime
+
+            model = self._catalog.get(name)
+            runtime = ModelRuntime(name, self._load(name), model.family, self.device)
+            self._loaded[name] = runtime
+            self._sizes[name] = _model_bytes(runtime.pipe)
+            self._fit_budget(keep=in_use | {name})
+            return runtime
+
+    def pipeline(self, name: str) -> Any:
+        """The loaded diffusers pipeline for ``name``."""
+        return self.runtime(name).pipe
+
+    @property
+    def loaded(self) -> list[str]:
+        """Loaded model names, least recently used first."""
+        with self._lock:
+            return list(self._loaded)
+
+    def _fit_budget(self, keep: frozenset[str]) -> None:
+        if self.budget_bytes is None:
+            return
+        for candidate in list(self._loaded):
+            if sum(self._sizes.values()) <= self.budget_bytes:
+                return
+            if candidate in keep:
+                continue
+            del self._loaded[candidate]
+            size = self._sizes.pop(candidate)
+            log.info("model_unloaded", model=candidate, freed_mb=size // 2**20)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def _load(self, name: str) -> Any:
         import diffusers
@@ -92,12 +148,40 @@ class ModelRegistry:
             raise ModelLoadError(name, source, "folder has no model_index.json")
         pipeline_class = getattr(diffusers, _PIPELINES[model.family])
         dtype = pick_dtype(model, self.device)
+        started = time.perf_counter()
         try:
             pipe = pipeline_class.from_pretrained(
                 source, dtype=dtype, safety_checker=None, requires_safety_checker=False
             )
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ModelLoadError(name, source, str(exc).splitlines()[0]) from exc
+        for component in ("unet", "vae", "text_encoder", "tokenizer"):
+            if getattr(pipe, component, None) is None:
+                raise ModelLoadError(name, source, f"pipeline has no {component}")
         pipe = pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
+        log.info(
+            "model_loaded",
+            model=name,
+            device=str(self.device),
+            dtype=str(dtype),
+            load_s=round(time.perf_counter() - started, 2),
+        )
         return pipe
+
+
+def _model_bytes(pipe: Any) -> int:
+    total = 0
+    for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, component, None)
+        if module is not None:
+            total += sum(p.numel() * p.element_size() for p in module.parameters())
+    return total
+
+
+def _budget_bytes(budget_mb: int | None, device: torch.device) -> int | None:
+    if budget_mb is not None:
+        return budget_mb * 2**20
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.9)
+    return None

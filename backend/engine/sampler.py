@@ -19,6 +19,8 @@ from PIL import Image
 
 from backend.engine.registry import make_scheduler
 from backend.engine.state import DenoiseState, restore_scheduler, scheduler_state
+from backend.engine.types import Request
+from backend.errors import BackendError
 from backend.models import SEED_MAX, JobSpec
 from config.settings import ModelFamily
 
@@ -27,7 +29,7 @@ MAX_SOURCE_PIXELS = 4096 * 4096
 MIN_SOURCE_SIDE = 8
 
 
-class JobError(Exception):
+class JobError(BackendError):
     """This job cannot continue (bad source image, NaN latents); the others can."""
 
 
@@ -53,34 +55,6 @@ def check_source_image(image: Image.Image, max_pixels: int = MAX_SOURCE_PIXELS) 
         raise JobError(f"source image {width}x{height} is smaller than {MIN_SOURCE_SIDE} px")
     if width * height > max_pixels:
         raise JobError(f"source image {width}x{height} exceeds {max_pixels} pixels")
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """What the engine runs for one job: a resolved spec and, for img2img, a source.
-
-    ``strength`` is the fraction of the schedule that is re-noised and denoised
-    again for image-to-image (variation, upscale); ``None`` means text-to-image.
-    """
-
-    job_id: str
-    spec: JobSpec
-    init_image: Image.Image | None = None
-    strength: float | None = None
-
-    def __post_init__(self) -> None:
-        spec = self.spec
-        if spec.model is None or spec.steps is None or spec.scheduler is None:
-            raise ValueError("a Request needs a spec resolved by the model catalog")
-        if (self.init_image is None) != (self.strength is None):
-            raise ValueError("init_image and strength go together")
-        if self.strength is not None and not 0.0 < self.strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
-
-    @property
-    def steps(self) -> int:
-        assert self.spec.steps is not None
-        return self.spec.steps
 
 
 @dataclass(slots=True)

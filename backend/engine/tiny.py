@@ -117,6 +117,9 @@ def _build_into(folder: Path, seed: int) -> None:
     import torch
     from transformers import CLIPTokenizer
 
+    from backend.engine.registry import quiet_model_libraries
+
+    quiet_model_libraries()
     vocab, merges = train_bpe(PROMPT_CORPUS.splitlines(), DEFAULT_VOCAB_SIZE)
     tokenizer_dir = write_clip_tokenizer(folder / "tokenizer", vocab, merges, MAX_PROMPT_TOKENS)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)

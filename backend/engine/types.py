@@ -1,0 +1,69 @@
+"""Values the engine exchanges with its callers; torch-free, so workers and fakes can
+import them without loading torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from PIL import Image
+
+from backend.models import JobSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the engine runs for one job: a resolved spec and, for img2img, a source.
+
+    ``strength`` is the fraction of the schedule that is re-noised and denoised
+    again for image-to-image (variation, upscale); ``None`` means text-to-image.
+    """
+
+    job_id: str
+    spec: JobSpec
+    init_image: Image.Image | None = None
+    strength: float | None = None
+
+    def __post_init__(self) -> None:
+        spec = self.spec
+        if spec.model is None or spec.steps is None or spec.scheduler is None:
+            raise ValueError("a Request needs a spec resolved by the model catalog")
+        if (self.init_image is None) != (self.strength is None):
+            raise ValueError("init_image and strength go together")
+        if self.strength is not None and not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+
+    @property
+    def steps(self) -> int:
+        assert self.spec.steps is not None
+        return self.spec.steps
+
+
+class Outcome(StrEnum):
+    PROGRESS = "progress"
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+    EVICTED = "evicted"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineEvent:
+    """What happened to a job at a step boundary.
+
+    ``images`` for FINISHED (one per sample), ``checkpoint`` for EVICTED (None if the
+    job never started), ``error`` for FAILED, ``preview`` (encoded image bytes) on
+    some PROGRESS events.
+    """
+
+    job_id: str
+    outcome: Outcome
+    step: int = 0
+    total: int = 0
+    eta_s: float | None = None
+    images: tuple[Any, ...] = ()
+    checkpoint: bytes | None = None
+    error: str | None = None
+    preview: bytes | None = None
