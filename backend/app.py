@@ -60,10 +60,11 @@ async def open_backend(settings: Settings, *, local_worker: bool = True) -> Asyn
 
 @contextlib.asynccontextmanager
 async def _local_worker(backend: Backend) -> AsyncIterator[None]:
+    """One worker per device of this machine: every CUDA device, else the CPU."""
     import socket
 
     from backend.engine.device import make_engine_factory
-    from backend.engine.registry import ModelRegistry, pick_device
+    from backend.engine.registry import ModelRegistry, pick_devices
     from backend.worker import DeviceWorker, WorkerConfig
 
     settings = backend.settings
@@ -72,28 +73,31 @@ async def _local_worker(backend: Backend) -> AsyncIterator[None]:
         import torch
 
         torch.set_num_threads(engine.torch_threads)
-    device = pick_device(engine.device)
-    registry = ModelRegistry(settings, backend.catalog, device)
-    config = WorkerConfig(
-        worker_id=f"{socket.gethostname()}:{device}",
-        device_name=str(device),
-        lease_s=settings.queue.lease_s,
-        capacity_rows=engine.max_batch_rows,
-        variation_strength=engine.variation_strength,
-        upscale_strength=engine.upscale_strength,
-        max_source_pixels=engine.max_source_pixels,
-    )
-    worker = DeviceWorker(
-        config,
-        backend.queue,
-        make_engine_factory(registry, engine, str(device)),
-        backend.catalog,
-        backend.db,
-        backend.images,
-        backend.events,
-    )
-    backend.workers.append(worker)
-    log.info("worker_starting", device=str(device), worker_id=config.worker_id)
-    async with worker:
-        yield
-    backend.workers.remove(worker)
+    async with contextlib.AsyncExitStack() as stack:
+        for device in pick_devices(engine.device):
+            registry = ModelRegistry(settings, backend.catalog, device)
+            config = WorkerConfig(
+                worker_id=f"{socket.gethostname()}:{device}",
+                device_name=str(device),
+                lease_s=settings.queue.lease_s,
+                capacity_rows=engine.max_batch_rows,
+                variation_strength=engine.variation_strength,
+                upscale_strength=engine.upscale_strength,
+                max_source_pixels=engine.max_source_pixels,
+            )
+            worker = DeviceWorker(
+                config,
+                backend.queue,
+                make_engine_factory(registry, engine, str(device)),
+                backend.catalog,
+                backend.db,
+                backend.images,
+                backend.events,
+            )
+            log.info("worker_starting", device=str(device), worker_id=config.worker_id)
+            await stack.enter_async_context(worker)
+            backend.workers.append(worker)
+        try:
+            yield
+        finally:
+            backend.workers.clear()

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from backend.errors import BackendError, BadInputError
+from backend.models import SCHEDULER_NAMES
 from config.settings import Settings, SettingsError, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -66,6 +67,23 @@ def _parser() -> argparse.ArgumentParser:
     build_tiny.add_argument("dir", type=Path)
     build_tiny.set_defaults(func=_cmd_build_tiny)
 
+    bench = commands.add_parser("bench", parents=[common], help="measure and print figures")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    engine = bench_commands.add_parser(
+        "engine", parents=[common], help="throughput by batch size, overhead, preemption"
+    )
+    engine.add_argument("--model", help="model name (default: the default model)")
+    engine.add_argument("--width", type=_positive_multiple_of_8, default=64)
+    engine.add_argument("--height", type=_positive_multiple_of_8, default=64)
+    engine.add_argument("--steps", type=_positive_int, default=4)
+    engine.add_argument("--scheduler", default="euler", choices=SCHEDULER_NAMES)
+    engine.add_argument(
+        "--batches", type=_batch_list, default=(1, 2, 4, 8, 16), help="e.g. 1,2,4,8,16"
+    )
+    engine.add_argument("--repeats", type=_positive_int, default=5)
+    engine.add_argument("--json", action="store_true", help="end with one JSON line")
+    engine.set_defaults(func=_cmd_bench_engine)
+
     config = commands.add_parser("config", parents=[common], help="inspect settings")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = config_commands.add_parser(
@@ -73,6 +91,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.set_defaults(func=_cmd_config_show)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _positive_multiple_of_8(text: str) -> int:
+    value = _positive_int(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"{value} must be a multiple of 8")
+    return value
+
+
+def _batch_list(text: str) -> tuple[int, ...]:
+    sizes = tuple(_positive_int(part) for part in text.split(",") if part.strip())
+    if not sizes:
+        raise argparse.ArgumentTypeError("give at least one batch size")
+    return tuple(sorted(set(sizes)))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -115,6 +157,39 @@ def _cmd_build_tiny(args: argparse.Namespace) -> int:
     from backend.engine.tiny import build_tiny_pipeline
 
     print(build_tiny_pipeline(target))
+    return EXIT_OK
+
+
+def _cmd_bench_engine(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from backend.bench.engine import EngineBenchConfig, run_engine_bench
+    from backend.catalog import ModelCatalog
+
+    ModelCatalog(settings).get(args.model)  # unknown model: exit 2 before loading torch work
+    config = EngineBenchConfig(
+        model=args.model,
+        width=args.width,
+        height=args.height,
+        steps=args.steps,
+        scheduler=args.scheduler,
+        batches=args.batches,
+        repeats=args.repeats,
+    )
+    result = run_engine_bench(settings, config, say=lambda line: print(line, flush=True))
+    pre = result["preemption"]
+    print(
+        f"best batch {result['best_batch']} ({result['speedup_best_vs_1']}x batch 1), "
+        f"95% of peak at batch {result['batch_95']}, "
+        f"overhead vs stock {result['overhead_vs_stock']:+.1%} (median over batch sizes)"
+    )
+    print(
+        f"preemption: p50 {pre['latency_s_p50'] * 1000:.1f} ms, max "
+        f"{pre['latency_steps_max']:.2f} steps; state "
+        f"{pre['state_bytes_per_sample'] / 1024:.1f} KiB/sample here, SD1.5 512px: "
+        + ", ".join(f"{k} {v} KiB" for k, v in result["state_kib_per_sample_sd15_512"].items())
+    )
+    if args.json:
+        print(json.dumps(result, separators=(",", ":")))
     return EXIT_OK
 
 

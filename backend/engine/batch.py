@@ -69,6 +69,7 @@ class BatchCore:
         self._evict: set[str] = set()
         self._cancel: set[str] = set()
         self.step_s: float | None = None  # moving average of the last step times
+        self.last_step_s: float | None = None  # the last shared step alone (no admit/decode)
         self.steps_run = 0
 
     # -- requests from the owner ------------------------------------------------------
@@ -120,6 +121,7 @@ class BatchCore:
         except torch.OutOfMemoryError:
             return events + self._split_after_oom(runtime)
         elapsed = time.perf_counter() - started
+        self.last_step_s = elapsed
         self.step_s = elapsed if self.step_s is None else 0.8 * self.step_s + 0.2 * elapsed
         self.steps_run += 1
         for job_id, exc in failures.items():

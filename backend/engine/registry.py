@@ -59,6 +59,14 @@ def pick_device(preference: str) -> torch.device:
     return torch.device("cpu")
 
 
+def pick_devices(preference: str) -> list[torch.device]:
+    """Every CUDA device when CUDA is used (one runner each), else the CPU."""
+    device = pick_device(preference)
+    if device.type != "cuda":
+        return [device]
+    return [torch.device("cuda", index) for index in range(torch.cuda.device_count())]
+
+
 def pick_dtype(model: ModelSettings, device: torch.device) -> torch.dtype:
     """fp16 on CUDA and fp32 on CPU unless the model names a dtype."""
     if model.dtype == "auto":

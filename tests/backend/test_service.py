@@ -1,0 +1,75 @@
+"""Follow-up jobs from a finished grid: variation, upscale and reroll, on the real engine."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from backend.app import Backend, open_backend
+from backend.errors import BadInputError
+from backend.models import JobSpec
+from backend.service import JobKind
+from config.settings import load_settings
+
+
+@pytest.fixture
+async def app(engine_env: Path) -> AsyncIterator[Backend]:
+    async with open_backend(load_settings()) as backend:
+        yield backend
+
+
+async def finished_job(app: Backend) -> str:
+    job_id = app.service.new_job_id()
+    subscription = app.service.follow(job_id)
+    spec = JobSpec(prompt="a lighthouse", seed=5, width=64, height=64, n=2, steps=4)
+    await app.service.submit(spec, user_id=7, guild_id=3, channel_id=4, job_id=job_id)
+    await app.service.wait(subscription)
+    return job_id
+
+
+async def run_derived(app: Backend, parent: str, kind: JobKind, index: int | None) -> str:
+    job_id = app.service.new_job_id()
+    subscription = app.service.follow(job_id)
+    await app.service.derive(
+        parent, kind, user_id=7, index=index, job_id=job_id, rng=random.Random(1)
+    )
+    await app.service.wait(subscription)
+    return job_id
+
+
+async def test_variation_upscale_and_reroll(app: Backend) -> None:
+    """Each follow-up records its kind and parent and renders the expected images."""
+    parent = await finished_job(app)
+    variation = await run_derived(app, parent, JobKind.VARIATION, 1)
+    upscale = await run_derived(app, parent, JobKind.UPSCALE, 0)
+    reroll = await run_derived(app, parent, JobKind.REROLL, None)
+    rows = {job_id: await app.db.jobs.get(job_id) for job_id in (variation, upscale, reroll)}
+    assert all(row is not None and row.parent_job_id == parent for row in rows.values())
+    assert [row.kind for row in rows.values() if row] == ["variation", "upscale", "reroll"]
+    upscaled = await app.db.images.list_for_job(upscale)
+    assert [(image.idx, image.width, image.height) for image in upscaled] == [
+        (-1, 128, 128),
+        (0, 128, 128),
+    ]
+    with Image.open(upscaled[1].path) as image:
+        assert image.size == (128, 128)
+    assert len(await app.db.images.list_for_job(variation)) == 3
+    reroll_row = rows[reroll]
+    parent_row = await app.db.jobs.get(parent)
+    assert reroll_row is not None and parent_row is not None
+    assert (
+        JobSpec.from_json(reroll_row.spec_json).seed != JobSpec.from_json(parent_row.spec_json).seed
+    )
+
+
+async def test_follow_up_of_missing_or_unfinished_job_is_refused(app: Backend) -> None:
+    """Deriving from an unknown job or a sample index out of range is a clear error."""
+    with pytest.raises(BadInputError, match="no job"):
+        await app.service.derive("nope", JobKind.REROLL, user_id=1)
+    parent = await finished_job(app)
+    with pytest.raises(BadInputError, match=r"sample index must be 0\.\.1"):
+        await app.service.derive(parent, JobKind.VARIATION, user_id=1, index=2)
