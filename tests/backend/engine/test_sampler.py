@@ -235,3 +235,32 @@ def test_unusable_source_image_fails_alone(runtime: ModelRuntime) -> None:
         outcomes.update({e.job_id: e for e in core.step() if e.outcome.value != "progress"})
     assert outcomes["bad"].outcome is Outcome.FAILED and outcomes["bad"].error
     assert outcomes["ok"].outcome is Outcome.FINISHED
+
+
+def test_decoded_previews_every_n_steps(runtime: ModelRuntime) -> None:
+    """With decoded previews every 2 steps, steps 2 and 4 carry a decoded WebP, the others
+    the cheap projection."""
+    from backend.engine.preview import PreviewMaker
+
+    decoded_at: list[int] = []
+
+    class Counting(PreviewMaker):
+        def _decoded(self, job: ActiveJob) -> Image.Image:
+            decoded_at.append(job.progress[0])
+            return super()._decoded(job)
+
+    core = BatchCore(lambda _name: runtime, previews=Counting(1, 2, None, 512))
+    core.submit(Request("j", make_spec(steps=5, n=1)))
+    previews = {}
+    while not core.idle:
+        for event in core.step():
+            if event.outcome is Outcome.PROGRESS:
+                previews[event.step] = event.preview
+    assert set(previews) == {1, 2, 3, 4}
+    sizes = {}
+    for step, data in previews.items():
+        assert data is not None
+        with Image.open(io.BytesIO(data)) as image:
+            sizes[step] = image.size
+    assert sizes == {1: (64, 64), 2: (64, 64), 3: (64, 64), 4: (64, 64)}
+    assert decoded_at == [2, 4]
