@@ -162,10 +162,6 @@ class DeviceWorker:
 
     # -- what the scheduler and the service may ask --------------------------------------
 
-    @property
-    def running_jobs(self) -> list[Job]:
-        return [flight.lease.job for flight in self._flights.values()]
-
     def evict(self, job_id: str) -> bool:
         """Take a job off the device at its next step boundary and requeue it."""
         flight = self._flights.get(job_id)

@@ -18,7 +18,7 @@ import torch
 from backend.engine import state as checkpoints
 from backend.engine.batch import BatchCore, BatchLimits, DeviceRunner
 from backend.engine.registry import ModelRegistry, make_scheduler, pick_device
-from backend.engine.sampler import ModelRuntime, sample_seeds
+from backend.engine.sampler import ModelRuntime, stock_generate
 from backend.engine.state import DenoiseState, scheduler_state
 from backend.engine.types import EngineEvent, Outcome, Request
 from backend.models import JobSpec
@@ -152,28 +152,11 @@ def _timed_core(
 
 
 def _timed_stock(runtime: ModelRuntime, spec: JobSpec) -> float:
-    pipe = runtime.pipe
-    original = pipe.scheduler
-    pipe.scheduler = make_scheduler(spec.scheduler or "euler", original.config)
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in sample_seeds(spec)]
-    try:
-        _sync(runtime.device)
-        started = time.perf_counter()
-        with torch.inference_mode():
-            pipe(
-                prompt=spec.prompt,
-                width=spec.width,
-                height=spec.height,
-                num_inference_steps=spec.steps,
-                guidance_scale=spec.guidance,
-                num_images_per_prompt=spec.n,
-                generator=generators,
-                output_type="pil",
-            )
-        _sync(runtime.device)
-        return time.perf_counter() - started
-    finally:
-        pipe.scheduler = original
+    _sync(runtime.device)
+    started = time.perf_counter()
+    stock_generate(runtime, spec)
+    _sync(runtime.device)
+    return time.perf_counter() - started
 
 
 def _measure_preemption(runtime: ModelRuntime, base: JobSpec, samples: int = 7) -> dict[str, Any]:

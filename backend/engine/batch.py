@@ -275,7 +275,6 @@ class DeviceRunner:
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=f"device-{name}", daemon=True)
         self._stop = threading.Event()
-        self.loaded_rows = 0  # rows running or waiting, for callers deciding to claim more
 
     def start(self) -> None:
         self._thread.start()
@@ -337,9 +336,6 @@ class DeviceRunner:
                 for job in self.core.running
             ]
             self.core.running = []
-        self.loaded_rows = self.core.running_rows + sum(
-            (w.active.rows if w.active else w.request.spec.n * 2) for w in self.core.waiting
-        )
         for event in events:
             try:
                 self._on_event(event)

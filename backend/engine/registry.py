@@ -122,10 +122,6 @@ class ModelRegistry:
             self._fit_budget(keep=in_use | {name})
             return runtime
 
-    def pipeline(self, name: str) -> Any:
-        """The loaded diffusers pipeline for ``name``."""
-        return self.runtime(name).pipe
-
     @property
     def loaded(self) -> list[str]:
         """Loaded model names, least recently used first."""

@@ -332,11 +332,37 @@ def _step_kwargs(scheduler: Any, generators: list[torch.Generator]) -> dict[str,
     return kwargs
 
 
+def stock_generate(runtime: ModelRuntime, spec: JobSpec) -> list[Any]:
+    """The same job through the stock diffusers pipeline call: the reference the own
+    loop is compared with (tests for pixels, the engine benchmark for speed)."""
+    pipe = runtime.pipe
+    original = pipe.scheduler
+    pipe.scheduler = make_scheduler(spec.scheduler or "euler", original.config)
+    try:
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in sample_seeds(spec)]
+        with torch.inference_mode():
+            result = pipe(
+                prompt=spec.prompt,
+                negative_prompt=spec.negative_prompt or None,
+                width=spec.width,
+                height=spec.height,
+                num_inference_steps=spec.steps,
+                guidance_scale=spec.guidance,
+                num_images_per_prompt=spec.n,
+                generator=generators,
+                output_type="pil",
+            )
+    finally:
+        pipe.scheduler = original
+    images: list[Any] = result.images
+    return images
+
+
 def denoise_step(runtime: ModelRuntime, jobs: list[ActiveJob]) -> dict[str, Exception]:
     """Advance every job by one step with one UNet forward; returns per-job failures.
 
-    All jobs must share ``runtime`` and latent shape. A job whose step fails (NaN)
-    is reported in the result and left as it was; the others advance.
+    All jobs must share ``runtime`` and latent shape. A job whose step fails (NaN) is
+    reported in the result and must be dropped by the caller; the others advance.
     """
     inputs, stamps, embeds, added, conds = [], [], [], [], []
     for job in jobs:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,16 +11,6 @@ from backend.engine import batch as batch_module
 from backend.engine.batch import BatchCore, BatchLimits, Outcome
 from backend.engine.sampler import ActiveJob, ModelRuntime, Request
 from backend.models import JobSpec
-from config.settings import ModelFamily
-
-
-@pytest.fixture(scope="module")
-def runtime(tiny_model_dir: Path) -> ModelRuntime:
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None)
-    return ModelRuntime("tiny", pipe, ModelFamily.SD15, torch.device("cpu"))
-
 
 SPEC = JobSpec(
     prompt="p",

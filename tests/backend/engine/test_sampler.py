@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +13,6 @@ from PIL import Image
 
 from backend.engine import state as checkpoints
 from backend.engine.batch import BatchCore, Outcome
-from backend.engine.registry import make_scheduler
 from backend.engine.sampler import (
     ActiveJob,
     JobError,
@@ -22,21 +20,11 @@ from backend.engine.sampler import (
     Request,
     denoise_step,
     load_source_image,
-    sample_seeds,
+    stock_generate,
 )
 from backend.models import JobSpec
-from config.settings import ModelFamily
 
 EXACT_SCHEDULERS = ["euler", "euler_a", "dpmpp_2m", "lcm"]
-
-
-@pytest.fixture(scope="module")
-def runtime(tiny_model_dir: Path) -> ModelRuntime:
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None)
-    pipe.set_progress_bar_config(disable=True)
-    return ModelRuntime("tiny", pipe, ModelFamily.SD15, torch.device("cpu"))
 
 
 def make_spec(**changes: Any) -> JobSpec:
@@ -64,25 +52,7 @@ def run_core(runtime: ModelRuntime, request: Request, checkpoint: bytes | None =
 
 
 def stock_images(runtime: ModelRuntime, spec: JobSpec) -> list[np.ndarray]:
-    pipe = runtime.pipe
-    original = pipe.scheduler
-    pipe.scheduler = make_scheduler(spec.scheduler or "euler", original.config)
-    try:
-        generators = [torch.Generator("cpu").manual_seed(s) for s in sample_seeds(spec)]
-        result = pipe(
-            prompt=spec.prompt,
-            negative_prompt=spec.negative_prompt or None,
-            width=spec.width,
-            height=spec.height,
-            num_inference_steps=spec.steps,
-            guidance_scale=spec.guidance,
-            num_images_per_prompt=spec.n,
-            generator=generators,
-            output_type="pil",
-        )
-    finally:
-        pipe.scheduler = original
-    return [np.asarray(image) for image in result.images]
+    return [np.asarray(image) for image in stock_generate(runtime, spec)]
 
 
 def pixels(images: tuple[Image.Image, ...]) -> list[np.ndarray]:
