@@ -117,6 +117,11 @@ class Job:
     channel_id: int | None = None
     submitted_at_ms: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    # Scheduling data stamped at submit: estimated device-seconds alone, the tier's
+    # fair-share weight, and how many of the user's jobs may run at once (0: no cap).
+    cost_s: float = 0.0
+    weight: float = 1.0
+    max_running: int = 0
 
     def to_json(self) -> str:
         return json.dumps(
@@ -130,6 +135,9 @@ class Job:
                 "channel_id": self.channel_id,
                 "submitted_at_ms": self.submitted_at_ms,
                 "meta": self.meta,
+                "cost_s": self.cost_s,
+                "weight": self.weight,
+                "max_running": self.max_running,
             },
             separators=(",", ":"),
             sort_keys=True,
@@ -148,4 +156,7 @@ class Job:
             channel_id=data.get("channel_id"),
             submitted_at_ms=int(data.get("submitted_at_ms", 0)),
             meta=dict(data.get("meta") or {}),
+            cost_s=float(data.get("cost_s", 0.0)),
+            weight=float(data.get("weight", 1.0)),
+            max_running=int(data.get("max_running", 0)),
         )

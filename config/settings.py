@@ -145,6 +145,123 @@ class PromptSettings(_Section):
     max_n: int = Field(default=8, ge=1, le=16)
 
 
+class SpeedName(StrEnum):
+    """Lanes a prompt may ask for (mirrors ``backend.models.Speed``; config imports no backend)."""
+
+    FAST = "fast"
+    RELAX = "relax"
+    TURBO = "turbo"
+
+
+class TierSettings(_Section):
+    """One user tier: its fair share, limits and the lanes it may use."""
+
+    weight: float = Field(gt=0, le=1000, description="fair-share weight against other tiers")
+    rate_per_min: float = Field(gt=0, description="jobs a user may submit per minute")
+    burst: int | None = Field(default=None, ge=1, description="bucket size (default: a minute)")
+    max_running: int = Field(ge=1, le=1000)
+    max_queued: int = Field(ge=1, le=100_000)
+    speeds: frozenset[SpeedName] = frozenset({SpeedName.FAST, SpeedName.RELAX})
+    # Monthly fast-lane allowance in measured GPU-seconds; None: unlimited.
+    fast_budget_gpu_s: float | None = Field(default=None, ge=0)
+    paid: bool = False
+
+
+def _default_tiers() -> dict[str, TierSettings]:
+    fast_relax = frozenset({SpeedName.FAST, SpeedName.RELAX})
+    every = frozenset(SpeedName)
+    return {
+        "free": TierSettings(
+            weight=1,
+            rate_per_min=10,
+            max_running=1,
+            max_queued=4,
+            speeds=fast_relax,
+            fast_budget_gpu_s=1800,
+        ),
+        "basic": TierSettings(
+            weight=2,
+            rate_per_min=100,
+            max_running=3,
+            max_queued=10,
+            speeds=fast_relax,
+            fast_budget_gpu_s=3.3 * 3600,
+            paid=True,
+        ),
+        "pro": TierSettings(
+            weight=4,
+            rate_per_min=100,
+            max_running=6,
+            max_queued=20,
+            speeds=every,
+            fast_budget_gpu_s=30 * 3600,
+            paid=True,
+        ),
+        "admin": TierSettings(
+            weight=8,
+            rate_per_min=1000,
+            max_running=12,
+            max_queued=100,
+            speeds=every,
+            fast_budget_gpu_s=None,
+            paid=True,
+        ),
+    }
+
+
+class SchedulerSettings(_Section):
+    """Lanes, fair queuing, aging and preemption."""
+
+    # A job's lane from its estimated device seconds (running alone): at most
+    # realtime_max_cost_s is realtime, at most batch_max_cost_s is batch, else background.
+    realtime_max_cost_s: float = Field(default=15.0, gt=0)
+    batch_max_cost_s: float = Field(default=180.0, gt=0)
+    # The longest a queued job of each lane should wait; aging moves a job ahead of
+    # everything once it has waited aging_fraction of its bound.
+    realtime_max_wait_s: float = Field(default=30.0, gt=0)
+    batch_max_wait_s: float = Field(default=300.0, gt=0)
+    background_max_wait_s: float = Field(default=3600.0, gt=0)
+    aging_fraction: float = Field(default=0.5, gt=0, le=1)
+    # Preemption: evict lower-priority running jobs for a higher-lane waiting job.
+    preemption: bool = True
+    preempt_min_steps: int = Field(default=4, ge=1, description="steps a job runs between two")
+    preempt_max_per_job: int = Field(default=3, ge=0)
+    # The cost model before any step was measured: seconds per step of one 512x512
+    # row is step_fixed_s + step_row_s * rows * (pixels / 512^2) ** step_pixel_exponent.
+    step_fixed_s: float = Field(default=0.015, ge=0)
+    step_row_s: float = Field(default=0.009, gt=0)
+    step_pixel_exponent: float = Field(default=1.15, ge=1, le=2)
+    default_tier: str = "free"
+    tiers: dict[str, TierSettings] = Field(default_factory=_default_tiers)
+
+
+class AdmissionSettings(_Section):
+    """Token buckets beyond each user's tier: per guild and for the whole service."""
+
+    guild_per_min: float = Field(default=600.0, gt=0)
+    global_per_min: float = Field(default=3000.0, gt=0)
+
+
+class DegradeSettings(_Section):
+    """The degradation ladder: normal, light, medium, heavy (defaults after the seed)."""
+
+    auto: bool = True
+    # Light degradation runs this fraction of the requested steps (at least one).
+    light_steps_factor: float = Field(default=0.6, gt=0, le=1)
+    # One level up when the queue is longer than escalate_queue_len, or the device
+    # utilization and the p95 wait both exceed theirs, for escalate_after_s.
+    escalate_queue_len: int = Field(default=100, ge=1)
+    escalate_utilization: float = Field(default=0.9, gt=0, le=1)
+    escalate_p95_wait_s: float = Field(default=60.0, gt=0)
+    escalate_after_s: float = Field(default=300.0, ge=0)
+    # One level down when the queue is shorter than relax_queue_len for relax_after_s,
+    # or the utilization stays under relax_utilization for relax_utilization_after_s.
+    relax_queue_len: int = Field(default=20, ge=0)
+    relax_after_s: float = Field(default=900.0, ge=0)
+    relax_utilization: float = Field(default=0.5, ge=0, le=1)
+    relax_utilization_after_s: float = Field(default=1800.0, ge=0)
+
+
 class Settings(BaseSettings):
     """Everything the service can be told; see ``config/imagine.example.toml``."""
 
@@ -161,6 +278,9 @@ class Settings(BaseSettings):
     queue: QueueSettings = QueueSettings()
     engine: EngineSettings = EngineSettings()
     prompt: PromptSettings = PromptSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    admission: AdmissionSettings = AdmissionSettings()
+    degrade: DegradeSettings = DegradeSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -271,6 +391,18 @@ def _check_consistency(settings: Settings) -> None:
         raise SettingsError(
             f"invalid setting engine.default_model={engine.default_model!r}: "
             f"not among the declared models ({names})"
+        )
+    scheduler = settings.scheduler
+    if scheduler.default_tier not in scheduler.tiers:
+        names = ", ".join(sorted(scheduler.tiers))
+        raise SettingsError(
+            f"invalid setting scheduler.default_tier={scheduler.default_tier!r}: "
+            f"not among the declared tiers ({names})"
+        )
+    if scheduler.batch_max_cost_s < scheduler.realtime_max_cost_s:
+        raise SettingsError(
+            f"invalid setting scheduler.batch_max_cost_s={scheduler.batch_max_cost_s}: "
+            f"must be at least scheduler.realtime_max_cost_s={scheduler.realtime_max_cost_s}"
         )
     if prompt.default_n > prompt.max_n:
         raise SettingsError(

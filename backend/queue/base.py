@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from backend.fairness import EVERYTHING, LANE_ORDER, ClaimFilter
 from backend.models import Job, Lane
 
-# Lanes in the order a device serves them when nothing else decides.
-LANE_ORDER: tuple[Lane, ...] = (Lane.REALTIME, Lane.BATCH, Lane.BACKGROUND)
+__all__ = ["EVERYTHING", "LANE_ORDER", "ClaimFilter", "Head", "JobQueue", "Lease"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,14 @@ class Lease:
     checkpoint: bytes | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The job a claim would take next, and whether aging put it there."""
+
+    job: Job
+    aged: bool
+
+
 @runtime_checkable
 class JobQueue(Protocol):
     """Queued and leased jobs. Implementations are safe to share between tasks."""
@@ -36,8 +44,20 @@ class JobQueue(Protocol):
         """Queue ``job``; False (and no change) if a job with its id is already known."""
         ...
 
-    async def claim(self, worker_id: str, *, lease_s: float, wait_s: float = 0.0) -> Lease | None:
-        """Take the next job, waiting up to ``wait_s`` for one; None if none came."""
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        lease_s: float,
+        wait_s: float = 0.0,
+        allow: ClaimFilter = EVERYTHING,
+    ) -> Lease | None:
+        """Take the next job in fair order (``backend.fairness``) that ``allow`` permits,
+        waiting up to ``wait_s`` for one; None if none came."""
+        ...
+
+    async def peek(self, allow: ClaimFilter = EVERYTHING) -> Head | None:
+        """The job :meth:`claim` would take now, left queued."""
         ...
 
     async def renew(self, lease: Lease, *, lease_s: float) -> Lease:
@@ -65,7 +85,11 @@ class JobQueue(Protocol):
         ...
 
     async def position(self, job_id: str) -> int | None:
-        """0-based place of a queued job in its lane; None if not queued."""
+        """0-based place of a queued job in its lane's fair order; None if not queued."""
+        ...
+
+    async def queued_cost_s(self, lane: Lane | None = None) -> float:
+        """Sum of the estimated device-seconds of queued jobs, in one lane or all."""
         ...
 
     async def close(self) -> None:

@@ -4,49 +4,76 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from backend.clock import wall_ms
 from backend.errors import QueueError
+from backend.fairness import EVERYTHING, AgingPolicy, ClaimFilter, FairQueue, Ticket
 from backend.models import Job, Lane
-from backend.queue.base import LANE_ORDER, Lease
+from backend.queue.base import Head, Lease
+
+DEFAULT_AGING = AgingPolicy.from_seconds(
+    {Lane.REALTIME: 30.0, Lane.BATCH: 300.0, Lane.BACKGROUND: 3600.0}, 0.5
+)
 
 
 @dataclass(slots=True)
 class _Entry:
     job: Job
+    ticket: Ticket
     attempt: int = 0
     checkpoint: bytes | None = None
     lease: Lease | None = None
     cancelled: bool = False
 
 
-class MemoryQueue:
-    """Lanes served in priority order, FIFO within a lane; leases expire and are reclaimed."""
+def ticket_for(job: Job) -> Ticket:
+    """What fair queuing needs to know about a job."""
+    return Ticket(
+        job_id=job.id,
+        lane=job.lane,
+        user=str(job.user_id),
+        tier=job.tier,
+        cost_s=job.cost_s,
+        weight=job.weight,
+        max_running=job.max_running,
+    )
 
-    def __init__(self, *, now_ms: Callable[[], int] = wall_ms) -> None:
+
+class MemoryQueue:
+    """Fair order from :class:`FairQueue`; leases expire and are reclaimed."""
+
+    def __init__(
+        self, *, aging: AgingPolicy = DEFAULT_AGING, now_ms: Callable[[], int] = wall_ms
+    ) -> None:
         self._now_ms = now_ms
+        self._fair = FairQueue(aging)
         self._entries: dict[str, _Entry] = {}
-        self._lanes: dict[Lane, deque[str]] = {lane: deque() for lane in LANE_ORDER}
         self._changed = asyncio.Condition()
 
     async def enqueue(self, job: Job) -> bool:
         if job.id in self._entries:
             return False
-        self._entries[job.id] = _Entry(job)
-        self._lanes[job.lane].append(job.id)
+        ticket = self._fair.push(ticket_for(job), self._now_ms())
+        self._entries[job.id] = _Entry(job, ticket)
         await self._notify()
         return True
 
-    async def claim(self, worker_id: str, *, lease_s: float, wait_s: float = 0.0) -> Lease | None:
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        lease_s: float,
+        wait_s: float = 0.0,
+        allow: ClaimFilter = EVERYTHING,
+    ) -> Lease | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         async with self._changed:
             while True:
                 self._reclaim_expired()
-                lease = self._take(worker_id, lease_s)
+                lease = self._take(worker_id, lease_s, allow)
                 remaining = deadline - loop.time()
                 if lease is not None or remaining <= 0:
                     return lease
@@ -55,33 +82,40 @@ class MemoryQueue:
                 except TimeoutError:
                     continue
 
-    def _take(self, worker_id: str, lease_s: float) -> Lease | None:
-        for lane in LANE_ORDER:
-            ids = self._lanes[lane]
-            if ids:
-                entry = self._entries[ids.popleft()]
-                entry.attempt += 1
-                entry.lease = Lease(
-                    job=entry.job,
-                    worker_id=worker_id,
-                    token=secrets.token_hex(8),
-                    attempt=entry.attempt,
-                    expires_at_ms=self._now_ms() + int(lease_s * 1000),
-                    checkpoint=entry.checkpoint,
-                )
-                return entry.lease
-        return None
+    def _take(self, worker_id: str, lease_s: float, allow: ClaimFilter) -> Lease | None:
+        ticket = self._fair.pop(self._now_ms(), allow)
+        if ticket is None:
+            return None
+        entry = self._entries[ticket.job_id]
+        entry.attempt += 1
+        entry.lease = Lease(
+            job=entry.job,
+            worker_id=worker_id,
+            token=secrets.token_hex(8),
+            attempt=entry.attempt,
+            expires_at_ms=self._now_ms() + int(lease_s * 1000),
+            checkpoint=entry.checkpoint,
+        )
+        return entry.lease
+
+    async def peek(self, allow: ClaimFilter = EVERYTHING) -> Head | None:
+        self._reclaim_expired()
+        now = self._now_ms()
+        ticket = self._fair.peek(now, allow)
+        if ticket is None:
+            return None
+        return Head(self._entries[ticket.job_id].job, ticket.is_aged(self._fair.aging, now))
 
     def _reclaim_expired(self) -> None:
         now = self._now_ms()
-        for job_id, entry in self._entries.items():
+        for job_id, entry in list(self._entries.items()):
             if entry.lease is not None and entry.lease.expires_at_ms <= now:
                 entry.lease = None
                 if entry.cancelled:
-                    continue
-                self._lanes[entry.job.lane].appendleft(job_id)
-        for job_id in [j for j, e in self._entries.items() if e.cancelled and e.lease is None]:
-            self._forget(job_id)
+                    self._fair.release(entry.ticket)
+                    self._entries.pop(job_id)
+                else:
+                    self._fair.restore(entry.ticket)
 
     def _held(self, lease: Lease) -> _Entry:
         entry = self._entries.get(lease.job.id)
@@ -97,17 +131,20 @@ class MemoryQueue:
         return entry.lease
 
     async def ack(self, lease: Lease) -> None:
-        self._held(lease)
-        self._forget(lease.job.id)
+        entry = self._held(lease)
+        self._fair.release(entry.ticket)
+        del self._entries[lease.job.id]
+        await self._notify()  # the user may be under their running cap again
 
     async def requeue(self, lease: Lease, *, checkpoint: bytes | None = None) -> None:
         entry = self._held(lease)
         entry.lease = None
         if entry.cancelled:
-            self._forget(lease.job.id)
+            self._fair.release(entry.ticket)
+            del self._entries[lease.job.id]
             return
         entry.checkpoint = checkpoint
-        self._lanes[entry.job.lane].appendleft(lease.job.id)
+        self._fair.restore(entry.ticket)
         await self._notify()
 
     async def cancel(self, job_id: str) -> bool:
@@ -115,7 +152,8 @@ class MemoryQueue:
         if entry is None:
             return False
         if entry.lease is None:
-            self._forget(job_id)
+            self._fair.remove(job_id)
+            del self._entries[job_id]
         else:
             entry.cancelled = True
         return True
@@ -125,22 +163,16 @@ class MemoryQueue:
         return entry is not None and entry.cancelled
 
     async def depth(self, lane: Lane | None = None) -> int:
-        lanes = LANE_ORDER if lane is None else (lane,)
-        return sum(len(self._lanes[one]) for one in lanes)
+        return self._fair.depth(lane)
 
     async def position(self, job_id: str) -> int | None:
-        entry = self._entries.get(job_id)
-        if entry is None or entry.lease is not None:
-            return None
-        return list(self._lanes[entry.job.lane]).index(job_id)
+        return self._fair.position(job_id)
+
+    async def queued_cost_s(self, lane: Lane | None = None) -> float:
+        return sum(ticket.cost_s for ticket in self._fair.queued(lane))
 
     async def close(self) -> None:
         await self._notify()
-
-    def _forget(self, job_id: str) -> None:
-        entry = self._entries.pop(job_id, None)
-        if entry is not None and job_id in self._lanes[entry.job.lane]:
-            self._lanes[entry.job.lane].remove(job_id)
 
     async def _notify(self) -> None:
         async with self._changed:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
 from backend.errors import QueueError
+from backend.fairness import ClaimFilter
 from backend.models import Job, JobSpec, Lane
 from backend.queue.base import JobQueue
 from backend.queue.memory import MemoryQueue
@@ -39,9 +41,36 @@ async def queue(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterat
     await backend.close()
 
 
-def make_job(job_id: str, lane: Lane = Lane.REALTIME) -> Job:
+def make_job(
+    job_id: str,
+    lane: Lane = Lane.REALTIME,
+    *,
+    user_id: int = 7,
+    tier: str = "free",
+    cost_s: float = 1.0,
+    weight: float = 1.0,
+    max_running: int = 0,
+) -> Job:
     spec = JobSpec(prompt=f"p {job_id}", seed=1, width=64, height=64)
-    return Job(id=job_id, spec=spec, user_id=7, lane=lane)
+    return Job(
+        id=job_id,
+        spec=spec,
+        user_id=user_id,
+        tier=tier,
+        lane=lane,
+        cost_s=cost_s,
+        weight=weight,
+        max_running=max_running,
+    )
+
+
+async def claim_all(queue: JobQueue, **kwargs: Any) -> list[str]:
+    """Claim and ack until nothing is left; the ids in claim order."""
+    order = []
+    while (lease := await queue.claim("w", lease_s=10, **kwargs)) is not None:
+        order.append(lease.job.id)
+        await queue.ack(lease)
+    return order
 
 
 async def test_satisfies_protocol(queue: JobQueue) -> None:
@@ -163,3 +192,98 @@ async def test_claim_waits_for_a_job(queue: JobQueue) -> None:
     lease = await queue.claim("w", lease_s=10, wait_s=2.0)
     await task
     assert lease is not None and lease.job.id == "late"
+
+
+async def test_fair_share_across_users_by_weight(queue: JobQueue) -> None:
+    """A flooding user does not go first: a weight-2 user gets two jobs per one of a
+    weight-1 user's, whoever enqueued first."""
+    for i in range(6):
+        await queue.enqueue(make_job(f"f{i}", user_id=1, weight=1.0))
+    for i in range(4):
+        await queue.enqueue(make_job(f"p{i}", user_id=2, tier="basic", weight=2.0))
+    order = await claim_all(queue)
+    assert order[:6] == ["f0", "p0", "p1", "f1", "p2", "p3"]
+    assert order[6:] == ["f2", "f3", "f4", "f5"]
+
+
+async def test_fair_share_counts_cost(queue: JobQueue) -> None:
+    """A user's expensive job uses up their share: the other user's cheap jobs go next."""
+    await queue.enqueue(make_job("big1", user_id=1, cost_s=4.0))
+    await queue.enqueue(make_job("big2", user_id=1, cost_s=4.0))
+    for i in range(4):
+        await queue.enqueue(make_job(f"small{i}", user_id=2, cost_s=1.0))
+    assert await claim_all(queue) == ["big1", "small0", "small1", "small2", "small3", "big2"]
+
+
+async def test_aged_job_goes_before_higher_lanes(queue: JobQueue, clock: FakeClock) -> None:
+    """Once a job has waited half its lane's bound it is served first, across lanes."""
+    await queue.enqueue(make_job("old", Lane.BATCH))
+    clock.now += 149_000
+    await queue.enqueue(make_job("rt"))
+    head = await queue.peek()
+    assert head is not None and head.job.id == "rt" and not head.aged
+    clock.now += 1_000
+    head = await queue.peek()
+    assert head is not None and head.job.id == "old" and head.aged
+    assert await claim_all(queue) == ["old", "rt"]
+
+
+async def test_requeued_job_keeps_its_place(queue: JobQueue) -> None:
+    """A preempted job resumes ahead of jobs that arrived while it ran (the boost)."""
+    await queue.enqueue(make_job("a", user_id=1))
+    lease = await queue.claim("w", lease_s=10)
+    assert lease is not None
+    await queue.enqueue(make_job("b", user_id=2))
+    await queue.enqueue(make_job("c", user_id=3))
+    await queue.requeue(lease, checkpoint=b"state")
+    assert await queue.position("a") == 0
+    assert await claim_all(queue) == ["a", "b", "c"]
+
+
+async def test_running_cap_skips_the_user(queue: JobQueue) -> None:
+    """A user at their running cap is skipped until one of their jobs is acked."""
+    await queue.enqueue(make_job("a1", user_id=1, max_running=1))
+    await queue.enqueue(make_job("a2", user_id=1, max_running=1))
+    await queue.enqueue(make_job("b1", user_id=2, max_running=1))
+    first = await queue.claim("w", lease_s=10)
+    second = await queue.claim("w", lease_s=10)
+    assert first is not None and second is not None
+    assert (first.job.id, second.job.id) == ("a1", "b1")
+    assert await queue.claim("w", lease_s=10) is None
+    await queue.ack(first)
+    third = await queue.claim("w", lease_s=10)
+    assert third is not None and third.job.id == "a2"
+
+
+async def test_claim_filter_pauses_tiers_and_lanes(queue: JobQueue) -> None:
+    """Excluded tiers and lanes stay queued; the rest is served in order."""
+    await queue.enqueue(make_job("free-rt", user_id=1))
+    await queue.enqueue(make_job("pro-batch", Lane.BATCH, user_id=2, tier="pro"))
+    await queue.enqueue(make_job("pro-rt", user_id=3, tier="pro"))
+    only_paid_rt = ClaimFilter(exclude_tiers=frozenset({"free"}), lanes=frozenset({Lane.REALTIME}))
+    assert await claim_all(queue, allow=only_paid_rt) == ["pro-rt"]
+    assert await queue.depth() == 2
+    assert await claim_all(queue) == ["free-rt", "pro-batch"]
+
+
+async def test_queued_cost_and_peek(queue: JobQueue) -> None:
+    """queued_cost_s sums queued estimates per lane; peek leaves the job queued."""
+    await queue.enqueue(make_job("a", cost_s=2.5))
+    await queue.enqueue(make_job("b", Lane.BATCH, cost_s=10.0))
+    assert await queue.queued_cost_s() == pytest.approx(12.5)
+    assert await queue.queued_cost_s(Lane.BATCH) == pytest.approx(10.0)
+    head = await queue.peek()
+    assert head is not None and head.job.id == "a"
+    assert await queue.depth() == 2
+    assert await queue.peek(ClaimFilter(lanes=frozenset({Lane.BACKGROUND}))) is None
+
+
+async def test_expired_lease_frees_the_running_slot(queue: JobQueue, clock: FakeClock) -> None:
+    """A lost worker's lease expiring gives the job back and its user's running slot."""
+    await queue.enqueue(make_job("a", user_id=1, max_running=1))
+    await queue.enqueue(make_job("b", user_id=1, max_running=1))
+    lease = await queue.claim("w1", lease_s=1)
+    assert lease is not None and lease.job.id == "a"
+    clock.now += 1_001
+    again = await queue.claim("w2", lease_s=10)
+    assert again is not None and again.job.id == "a" and again.attempt == 2

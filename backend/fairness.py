@@ -1,0 +1,254 @@
+"""Which queued job runs next: lanes, start-time fair queuing across users, aging.
+
+The rules, shared by every queue backend (the Redis backend's Lua scripts apply the
+same arithmetic) and by the scheduler benchmark, which drives this very class:
+
+* Each lane keeps a virtual time ``V`` and, per user, the finish tag ``F`` of their
+  last job. A new job of estimated cost ``c`` device-seconds from a user of weight
+  ``w`` (their tier's weight) gets the start tag ``S = max(V, F_user)`` and moves
+  ``F_user`` to ``S + c / w``. Serving the smallest start tag first is start-time
+  fair queuing: users who stay backlogged get device time in proportion to their
+  weights, and one user's flood only queues behind their own earlier jobs.
+* Serving a job moves ``V`` to its start tag. A job given back (preempted, or its
+  lease expired) keeps its start tag and its enqueue time, and wins ties on the tag,
+  so it goes back to the front of its lane: the resume boost.
+* Aging: a job that has waited ``aging_fraction`` of its lane's ``max_wait_s`` is
+  served before every job that has not, earliest deadline first, whatever its lane
+  or tier. Otherwise lanes go in order (realtime, batch, background).
+* A user with ``max_running`` jobs leased is skipped until one comes back; so is a
+  tier or lane the caller excludes (degradation).
+
+Pure and synchronous, with the time passed in: unit tests drive it without a loop.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from backend.models import Lane
+
+LANE_ORDER: tuple[Lane, ...] = (Lane.REALTIME, Lane.BATCH, Lane.BACKGROUND)
+MIN_COST_S = 1e-3
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimFilter:
+    """Work a device must not start now (the degradation ladder's pauses)."""
+
+    exclude_tiers: frozenset[str] = frozenset()
+    lanes: frozenset[Lane] = frozenset(LANE_ORDER)
+
+    def allows(self, lane: Lane, tier: str) -> bool:
+        return lane in self.lanes and tier not in self.exclude_tiers
+
+
+EVERYTHING = ClaimFilter()
+
+
+@dataclass(frozen=True, slots=True)
+class AgingPolicy:
+    """Per-lane wait bounds (ms) and the fraction of it after which a job is aged."""
+
+    max_wait_ms: Mapping[Lane, int]
+    aging_fraction: float = 0.5
+
+    def aged_after_ms(self, lane: Lane) -> int:
+        return int(self.max_wait_ms[lane] * self.aging_fraction)
+
+    @classmethod
+    def from_seconds(cls, max_wait_s: Mapping[Lane, float], fraction: float) -> AgingPolicy:
+        return cls({lane: int(s * 1000) for lane, s in max_wait_s.items()}, fraction)
+
+
+@dataclass(slots=True)
+class Ticket:
+    """A queued job as fair queuing sees it."""
+
+    job_id: str
+    lane: Lane
+    user: str
+    tier: str
+    cost_s: float
+    weight: float
+    max_running: int  # 0: no cap
+    start_tag: float = 0.0
+    enqueued_at_ms: int = 0
+    seq: int = 0
+
+    def deadline_ms(self, aging: AgingPolicy) -> int:
+        return self.enqueued_at_ms + aging.max_wait_ms[self.lane]
+
+    def is_aged(self, aging: AgingPolicy, now_ms: int) -> bool:
+        return now_ms - self.enqueued_at_ms >= aging.aged_after_ms(self.lane)
+
+
+@dataclass(slots=True)
+class _Lane:
+    vtime: float = 0.0
+    finish: dict[str, float] = field(default_factory=dict)
+    by_tag: list[tuple[float, int, str]] = field(default_factory=list)
+    by_age: list[tuple[int, int, str]] = field(default_factory=list)
+    count: int = 0
+
+
+class FairQueue:
+    """Queued tickets of every lane, and how many each user has leased."""
+
+    def __init__(self, aging: AgingPolicy) -> None:
+        self.aging = aging
+        self._lanes = {lane: _Lane() for lane in LANE_ORDER}
+        self._tickets: dict[str, Ticket] = {}
+        self._running: dict[str, int] = {}
+        self._seq = itertools.count(1)
+
+    # -- queueing ------------------------------------------------------------------------
+
+    def push(self, ticket: Ticket, now_ms: int) -> Ticket:
+        """Queue a new job: stamp its start tag and enqueue time."""
+        lane = self._lanes[ticket.lane]
+        ticket.start_tag = max(lane.vtime, lane.finish.get(ticket.user, 0.0))
+        lane.finish[ticket.user] = ticket.start_tag + max(ticket.cost_s, MIN_COST_S) / max(
+            ticket.weight, 1e-9
+        )
+        ticket.enqueued_at_ms = now_ms
+        ticket.seq = next(self._seq)
+        self._insert(ticket)
+        return ticket
+
+    def restore(self, ticket: Ticket) -> None:
+        """Put back a job that was taken (preempted or lease lost), tags unchanged."""
+        self._release(ticket.user)
+        # A fresh, negative sequence number: its old heap entries go stale, and it
+        # sorts before jobs with the same start tag that never ran.
+        ticket.seq = -next(self._seq)
+        self._insert(ticket)
+
+    def release(self, ticket: Ticket) -> None:
+        """A taken job is finished or dropped: its user has one running job fewer."""
+        self._release(ticket.user)
+
+    def remove(self, job_id: str) -> Ticket | None:
+        """Drop a queued job (cancelled); its heap entries go stale and are skipped."""
+        ticket = self._tickets.pop(job_id, None)
+        if ticket is not None:
+            self._lanes[ticket.lane].count -= 1
+        return ticket
+
+    def _insert(self, ticket: Ticket) -> None:
+        lane = self._lanes[ticket.lane]
+        self._tickets[ticket.job_id] = ticket
+        heapq.heappush(lane.by_tag, (ticket.start_tag, ticket.seq, ticket.job_id))
+        heapq.heappush(lane.by_age, (ticket.enqueued_at_ms, ticket.seq, ticket.job_id))
+        lane.count += 1
+
+    def _release(self, user: str) -> None:
+        left = self._running.get(user, 0) - 1
+        if left > 0:
+            self._running[user] = left
+        else:
+            self._running.pop(user, None)
+
+    # -- serving -------------------------------------------------------------------------
+
+    def pop(self, now_ms: int, allow: ClaimFilter = EVERYTHING) -> Ticket | None:
+        """Take the next job to run under the rules above, or None."""
+        ticket = self.peek(now_ms, allow)
+        if ticket is None:
+            return None
+        self.remove(ticket.job_id)
+        lane = self._lanes[ticket.lane]
+        lane.vtime = max(lane.vtime, ticket.start_tag)
+        self._running[ticket.user] = self._running.get(ticket.user, 0) + 1
+        return ticket
+
+    def peek(self, now_ms: int, allow: ClaimFilter = EVERYTHING) -> Ticket | None:
+        """The job :meth:`pop` would take, left in place."""
+        aged = [
+            ticket
+            for lane in LANE_ORDER
+            if lane in allow.lanes
+            and (ticket := self._first(lane, "age", now_ms, allow, aged_only=True)) is not None
+        ]
+        if aged:
+            return min(aged, key=lambda t: (t.deadline_ms(self.aging), t.seq))
+        for lane in LANE_ORDER:
+            if lane in allow.lanes:
+                ticket = self._first(lane, "tag", now_ms, allow, aged_only=False)
+                if ticket is not None:
+                    return ticket
+        return None
+
+    def _first(
+        self, lane: Lane, order: str, now_ms: int, allow: ClaimFilter, *, aged_only: bool
+    ) -> Ticket | None:
+        for ticket in self._ordered(lane, order):
+            if aged_only and not ticket.is_aged(self.aging, now_ms):
+                return None
+            if self.eligible(ticket, allow):
+                return ticket
+        return None
+
+    def eligible(self, ticket: Ticket, allow: ClaimFilter = EVERYTHING) -> bool:
+        if not allow.allows(ticket.lane, ticket.tier):
+            return False
+        return ticket.max_running <= 0 or self._running.get(ticket.user, 0) < ticket.max_running
+
+    def _ordered(self, lane: Lane, order: str) -> Iterator[Ticket]:
+        """Live tickets of a lane in tag (or age) order; prunes stale heap heads."""
+        state = self._lanes[lane]
+        heap: list[tuple[float, int, str]] | list[tuple[int, int, str]]
+        heap = state.by_tag if order == "tag" else state.by_age
+        while heap and not self._live(heap[0][2], heap[0][1]):
+            heapq.heappop(heap)
+        for _, seq, job_id in _walk(heap):
+            if self._live(job_id, seq):
+                yield self._tickets[job_id]
+
+    def _live(self, job_id: str, seq: int) -> bool:
+        ticket = self._tickets.get(job_id)
+        return ticket is not None and ticket.seq == seq
+
+    # -- looking ---------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Ticket | None:
+        return self._tickets.get(job_id)
+
+    def depth(self, lane: Lane | None = None) -> int:
+        lanes = LANE_ORDER if lane is None else (lane,)
+        return sum(self._lanes[one].count for one in lanes)
+
+    def position(self, job_id: str) -> int | None:
+        """0-based place in its lane's fair order (aging aside); None if not queued."""
+        ticket = self._tickets.get(job_id)
+        if ticket is None:
+            return None
+        key = (ticket.start_tag, ticket.seq)
+        return sum(1 for t in self.queued(ticket.lane) if (t.start_tag, t.seq) < key)
+
+    def queued(self, lane: Lane | None = None) -> Iterable[Ticket]:
+        lanes = LANE_ORDER if lane is None else (lane,)
+        return [t for t in self._tickets.values() if t.lane in lanes]
+
+    def running(self, user: str) -> int:
+        return self._running.get(user, 0)
+
+    def vtime(self, lane: Lane) -> float:
+        return self._lanes[lane].vtime
+
+
+def _walk(
+    heap: list[tuple[float, int, str]] | list[tuple[int, int, str]],
+) -> Iterator[tuple[float, int, str]]:
+    """A binary heap's items in sorted order, lazily: O(k log k) for the first k."""
+    if not heap:
+        return
+    frontier: list[tuple[tuple[float, int, str], int]] = [(heap[0], 0)]
+    while frontier:
+        item, index = heapq.heappop(frontier)
+        yield item
+        for child in (2 * index + 1, 2 * index + 2):
+            if child < len(heap):
+                heapq.heappush(frontier, (heap[child], child))
