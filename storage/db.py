@@ -13,7 +13,16 @@ import aiosqlite
 import structlog
 
 from storage.migrate import migrate as run_migrations
-from storage.repos import AuditRepo, BannedWordRepo, GuildRepo, ImageRepo, JobRepo, UserRepo
+from storage.repos import (
+    AuditRepo,
+    BannedWordRepo,
+    GuildRepo,
+    ImageRepo,
+    JobRepo,
+    StateRepo,
+    UsageRepo,
+    UserRepo,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +60,8 @@ class Database:
         self.images = ImageRepo(self)
         self.banned_words = BannedWordRepo(self)
         self.audit = AuditRepo(self)
+        self.usage = UsageRepo(self)
+        self.state = StateRepo(self)
 
     @classmethod
     @contextlib.asynccontextmanager

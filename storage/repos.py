@@ -31,7 +31,7 @@ _GUILD_COLUMNS = "id, settings_json, created_at_ms"
 _JOB_COLUMNS = (
     "id, kind, parent_job_id, user_id, guild_id, channel_id, spec_json, lane, state, "
     "attempts, error, submitted_at_ms, queued_at_ms, started_at_ms, finished_at_ms, "
-    "delivered_at_ms"
+    "delivered_at_ms, meta_json"
 )
 _IMAGE_COLUMNS = "job_id, idx, path, sha256, width, height"
 _AUDIT_COLUMNS = "id, at_ms, actor_id, action, target, detail_json"
@@ -80,6 +80,7 @@ class JobRow:
     started_at_ms: int | None
     finished_at_ms: int | None
     delivered_at_ms: int | None
+    meta: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,17 @@ class AuditRow:
     action: str
     target: str | None
     detail: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """A user's measured device time in one month."""
+
+    user_id: int
+    month: str
+    fast_gpu_s: float
+    relax_gpu_s: float
+    jobs: int
 
 
 class UserRepo:
@@ -206,6 +218,7 @@ class JobRepo:
         channel_id: int | None = None,
         kind: str = "imagine",
         parent_job_id: str | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> JobRow:
         """Record a submitted job, creating its user (and guild) rows if needed."""
         if kind not in JOB_KINDS:
@@ -218,9 +231,20 @@ class JobRepo:
             await _run(
                 conn,
                 "INSERT INTO jobs (id, kind, parent_job_id, user_id, guild_id, channel_id,"
-                " spec_json, lane, state, submitted_at_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'submitted', ?)",
-                (job_id, kind, parent_job_id, user_id, guild_id, channel_id, spec_json, lane, now),
+                " spec_json, lane, state, submitted_at_ms, meta_json)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'submitted', ?, ?)",
+                (
+                    job_id,
+                    kind,
+                    parent_job_id,
+                    user_id,
+                    guild_id,
+                    channel_id,
+                    spec_json,
+                    lane,
+                    now,
+                    json.dumps(meta or {}, separators=(",", ":")),
+                ),
             )
             row = await _one(conn, f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         assert row is not None  # inserted above, in the same transaction
@@ -258,6 +282,18 @@ class JobRepo:
         await self._mark(
             job_id, "state = ?, error = ?, finished_at_ms = ?", (state, error, self._db.now_ms())
         )
+
+    async def save_checkpoint(self, job_id: str, checkpoint: bytes | None) -> None:
+        """Keep (or clear) a preempted job's saved state, so it survives the queue."""
+        await self._mark(job_id, "checkpoint = ?", (checkpoint,))
+
+    async def checkpoint(self, job_id: str) -> bytes | None:
+        async with self._db.reading() as conn:
+            row = await _one(conn, "SELECT checkpoint FROM jobs WHERE id = ?", (job_id,))
+        return bytes(row["checkpoint"]) if row is not None and row["checkpoint"] else None
+
+    async def set_lane(self, job_id: str, lane: str) -> None:
+        await self._mark(job_id, "lane = ?", (lane,))
 
     async def mark_delivered(self, job_id: str) -> None:
         """The job's result reached the user."""
@@ -416,6 +452,62 @@ class AuditRepo:
         return [_audit(row) for row in rows]
 
 
+class UsageRepo:
+    """Measured device seconds per user and month; fast time counts against the budget."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add(self, user_id: int, month: str, *, fast_s: float, relax_s: float) -> None:
+        async with self._db.transaction() as conn:
+            await _ensure_user(conn, user_id, self._db.now_ms())
+            await _run(
+                conn,
+                "INSERT INTO usage (user_id, month, fast_gpu_s, relax_gpu_s, jobs)"
+                " VALUES (?, ?, ?, ?, 1) ON CONFLICT (user_id, month) DO UPDATE SET"
+                " fast_gpu_s = fast_gpu_s + excluded.fast_gpu_s,"
+                " relax_gpu_s = relax_gpu_s + excluded.relax_gpu_s, jobs = jobs + 1",
+                (user_id, month, fast_s, relax_s),
+            )
+
+    async def get(self, user_id: int, month: str) -> UsageRow:
+        async with self._db.reading() as conn:
+            row = await _one(
+                conn,
+                "SELECT fast_gpu_s, relax_gpu_s, jobs FROM usage WHERE user_id = ? AND month = ?",
+                (user_id, month),
+            )
+        if row is None:
+            return UsageRow(user_id, month, 0.0, 0.0, 0)
+        return UsageRow(user_id, month, row["fast_gpu_s"], row["relax_gpu_s"], row["jobs"])
+
+
+class StateRepo:
+    """Small JSON values the service changes at run time and keeps across restarts."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def get(self, key: str) -> Any:
+        async with self._db.reading() as conn:
+            row = await _one(conn, "SELECT value_json FROM service_state WHERE key = ?", (key,))
+        return json.loads(row["value_json"]) if row is not None else None
+
+    async def set(self, key: str, value: Any) -> None:
+        async with self._db.transaction() as conn:
+            await _run(
+                conn,
+                "INSERT INTO service_state (key, value_json, updated_at_ms) VALUES (?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value_json = excluded.value_json,"
+                " updated_at_ms = excluded.updated_at_ms",
+                (key, json.dumps(value, separators=(",", ":")), self._db.now_ms()),
+            )
+
+    async def delete(self, key: str) -> bool:
+        async with self._db.transaction() as conn:
+            return bool(await _run(conn, "DELETE FROM service_state WHERE key = ?", (key,)))
+
+
 async def _ensure_user(conn: aiosqlite.Connection, user_id: int, now_ms: int) -> None:
     await _run(
         conn, "INSERT OR IGNORE INTO users (id, created_at_ms) VALUES (?, ?)", (user_id, now_ms)
@@ -490,7 +582,8 @@ def _guild(row: sqlite3.Row) -> GuildRow:
 
 
 def _job(row: sqlite3.Row) -> JobRow:
-    return JobRow(**{name: row[name] for name in _names(_JOB_COLUMNS)})
+    values = {name: row[name] for name in _names(_JOB_COLUMNS) if name != "meta_json"}
+    return JobRow(**values, meta=_loads(row["meta_json"]))
 
 
 def _image(row: sqlite3.Row) -> ImageRow:

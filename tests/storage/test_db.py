@@ -12,7 +12,7 @@ import pytest
 
 from storage.db import Database
 from storage.errors import NotFoundError, StateConflictError
-from storage.migrate import current_version
+from storage.migrate import current_version, discover
 
 SPEC = '{"prompt":"a lighthouse at dusk","seed":7}'
 
@@ -56,7 +56,7 @@ async def test_open_creates_directory_and_migrates(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "imagine.db"
     async with Database.open(str(path)) as db:
         assert db.path == path
-        assert await current_version(db.connection) == 1
+        assert await current_version(db.connection) == len(discover())
     assert path.is_file()
 
 
@@ -360,3 +360,34 @@ async def test_audit_log_is_newest_first(db: Database, clock: FakeClock) -> None
     assert (oldest.actor_id, oldest.target, oldest.detail) == (1, "user:7", {"reason": "spam"})
     assert oldest.at_ms == clock.now_ms
     assert entries[1].detail == {}
+
+
+async def test_usage_accumulates_per_user_and_month(db: Database) -> None:
+    """Usage adds up per (user, month) and starts at zero."""
+    assert (await db.usage.get(1, "2026-11")).fast_gpu_s == 0.0
+    await db.usage.add(1, "2026-11", fast_s=2.5, relax_s=0.0)
+    await db.usage.add(1, "2026-11", fast_s=1.0, relax_s=4.0)
+    await db.usage.add(1, "2026-12", fast_s=9.0, relax_s=0.0)
+    row = await db.usage.get(1, "2026-11")
+    assert (row.fast_gpu_s, row.relax_gpu_s, row.jobs) == (3.5, 4.0, 2)
+
+
+async def test_service_state_round_trips_and_deletes(db: Database) -> None:
+    """A state value is stored as JSON, replaced on set, and gone after delete."""
+    assert await db.state.get("degrade") is None
+    await db.state.set("degrade", {"level": "medium"})
+    await db.state.set("degrade", {"level": "heavy"})
+    assert await db.state.get("degrade") == {"level": "heavy"}
+    assert await db.state.delete("degrade")
+    assert await db.state.get("degrade") is None
+
+
+async def test_job_meta_and_checkpoint_are_kept(db: Database) -> None:
+    """A job's meta comes back from its row; its checkpoint is saved and cleared."""
+    await db.jobs.insert("j", 1, "{}", "realtime", meta={"strength": 0.5})
+    row = await db.jobs.get("j")
+    assert row is not None and row.meta == {"strength": 0.5}
+    await db.jobs.save_checkpoint("j", b"\x00state")
+    assert await db.jobs.checkpoint("j") == b"\x00state"
+    await db.jobs.save_checkpoint("j", None)
+    assert await db.jobs.checkpoint("j") is None

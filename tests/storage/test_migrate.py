@@ -13,7 +13,17 @@ import storage.migrate
 from storage.errors import DatabaseTooNewError, MigrationError
 from storage.migrate import current_version, discover, migrate, split_statements
 
-EXPECTED_TABLES = {"users", "guilds", "jobs", "images", "banned_words", "audit_log"}
+EXPECTED_TABLES = {
+    "users",
+    "guilds",
+    "jobs",
+    "images",
+    "banned_words",
+    "audit_log",
+    "usage",
+    "service_state",
+}
+LATEST = len(discover())
 
 
 @pytest.fixture
@@ -50,11 +60,12 @@ def test_default_directory_holds_the_initial_migration() -> None:
     assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
 
 
-async def test_fresh_database_is_migrated_to_version_1(conn: aiosqlite.Connection) -> None:
-    """A new database gets every table of the initial schema and user_version 1."""
+async def test_fresh_database_is_migrated_to_the_latest(conn: aiosqlite.Connection) -> None:
+    """A new database gets every table and the latest user_version."""
+    assert LATEST >= 2
     assert await current_version(conn) == 0
-    assert await migrate(conn) == 1
-    assert await current_version(conn) == 1
+    assert await migrate(conn) == LATEST
+    assert await current_version(conn) == LATEST
     assert await tables(conn) >= EXPECTED_TABLES
 
 
@@ -74,7 +85,7 @@ async def test_rerunning_is_a_no_op(conn: aiosqlite.Connection) -> None:
     """Migrating an up-to-date database changes nothing and reports the same version."""
     await migrate(conn)
     before = await schema(conn)
-    assert await migrate(conn) == 1
+    assert await migrate(conn) == LATEST
     assert await schema(conn) == before
 
 
@@ -84,8 +95,8 @@ async def test_newer_database_is_refused_untouched(conn: aiosqlite.Connection) -
     with pytest.raises(DatabaseTooNewError) as caught:
         await migrate(conn)
     assert "99" in caught.value.message
-    assert "(1)" in caught.value.message
-    assert (caught.value.db_version, caught.value.code_version) == (99, 1)
+    assert f"({LATEST})" in caught.value.message
+    assert (caught.value.db_version, caught.value.code_version) == (99, LATEST)
     assert await current_version(conn) == 99
     assert await tables(conn) == set()
 
@@ -128,7 +139,7 @@ async def test_migration_already_applied_by_another_process_is_skipped(
 
     monkeypatch.setattr(storage.migrate, "current_version", stale_first_read)
     async with aiosqlite.connect(path, isolation_level=None) as late:
-        assert await migrate(late) == 1
+        assert await migrate(late) == LATEST
     assert calls > 1
 
 
