@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -42,3 +47,31 @@ def engine_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: 
     monkeypatch.setenv("IMAGINE_PROMPT__PIXEL_BUDGET", str(128 * 128))
     monkeypatch.setenv("IMAGINE_LOG__FORMAT", "json")
     return data_dir
+
+
+REDIS_URL = os.environ.get("IMAGINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[Redis]:
+    """A client of the real Redis the suite runs against (127.0.0.1:6379 unless
+    IMAGINE_TEST_REDIS_URL says otherwise)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except OSError as exc:  # pragma: no cover - the CI script starts one
+        pytest.fail(f"no Redis at {REDIS_URL}: {exc}")
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def redis_namespace(redis_client: Redis) -> AsyncIterator[str]:
+    """A key prefix of this test alone; its keys are deleted afterwards."""
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    yield namespace
+    keys = [key async for key in redis_client.scan_iter(match=f"{namespace}:*", count=1000)]
+    if keys:
+        await redis_client.delete(*keys)
