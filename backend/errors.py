@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class BackendError(Exception):
     """Root of every error the backend raises on purpose."""
@@ -65,3 +67,28 @@ class JobFailedError(BackendError):
 
 class QueueError(BackendError):
     """A queue operation was refused (unknown job, lost lease)."""
+
+
+class RefusedError(BackendError):
+    """Admission control turned a job away; retrying later can succeed (exit status 3).
+
+    ``scope`` names the limit that refused: ``"user"``, ``"guild"``, ``"global"`` or
+    ``"queued"``. ``limit`` states it for a person (``"tier free allows 10 jobs per
+    minute"``). ``retry_after_s`` is how long until the limit lets one more job in, or
+    ``None`` for the queued-jobs cap, which frees up only when one of the user's jobs ends.
+    """
+
+    exit_status = 3
+
+    def __init__(self, scope: str, limit: str, retry_after_s: float | None) -> None:
+        self.scope = scope
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        kind = "queue limit" if scope == "queued" else "rate limit"
+        if retry_after_s is None:
+            when = "retry when one of your jobs finishes"
+        else:
+            # Rounded up, so a caller who waits the printed time is not early; the slack
+            # keeps float noise (6.000000000000001) from showing as 6.1.
+            when = f"retry in {math.ceil(retry_after_s * 10 - 1e-6) / 10:.1f} s"
+        super().__init__(f"{kind}: {limit}; {when}")

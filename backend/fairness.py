@@ -90,7 +90,7 @@ class _Lane:
     vtime: float = 0.0
     finish: dict[str, float] = field(default_factory=dict)
     by_tag: list[tuple[float, int, str]] = field(default_factory=list)
-    by_age: list[tuple[int, int, str]] = field(default_factory=list)
+    by_age: list[tuple[float, int, str]] = field(default_factory=list)
     count: int = 0
 
 
@@ -199,7 +199,6 @@ class FairQueue:
     def _ordered(self, lane: Lane, order: str) -> Iterator[Ticket]:
         """Live tickets of a lane in tag (or age) order; prunes stale heap heads."""
         state = self._lanes[lane]
-        heap: list[tuple[float, int, str]] | list[tuple[int, int, str]]
         heap = state.by_tag if order == "tag" else state.by_age
         while heap and not self._live(heap[0][2], heap[0][1]):
             heapq.heappop(heap)

@@ -224,8 +224,8 @@ class SchedulerSettings(_Section):
     aging_fraction: float = Field(default=0.5, gt=0, le=1)
     # Preemption: evict lower-priority running jobs for a higher-lane waiting job.
     preemption: bool = True
-    preempt_min_steps: int = Field(default=4, ge=1, description="steps a job runs between two")
-    preempt_max_per_job: int = Field(default=3, ge=0)
+    preempt_min_steps: int = Field(default=2, ge=1, description="steps a job runs between two")
+    preempt_max_per_job: int = Field(default=10, ge=0)
     # The cost model before any step was measured: seconds per step of one 512x512
     # row is step_fixed_s + step_row_s * rows * (pixels / 512^2) ** step_pixel_exponent.
     step_fixed_s: float = Field(default=0.015, ge=0)

@@ -1,0 +1,138 @@
+"""A job's lane from its estimated cost, the lane the user asked for, and their tier.
+
+Pure: the cost model learns from measured step times that workers report, and the
+classifier is a function of numbers. Nothing here imports torch, redis or discord.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from backend.errors import BadInputError
+from backend.models import Lane, Speed
+from config.settings import SchedulerSettings, TierSettings
+
+REFERENCE_PIXELS = 512 * 512
+# Weight of the newest measurement in the moving average of measured/predicted steps.
+LEARNING_RATE = 0.2
+
+
+class StepTimes(Protocol):
+    """Seconds of one denoising step of ``rows`` rows at a latent shape."""
+
+    def step_s(self, rows: int, width: int, height: int) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StepModel:
+    """Seconds per denoising step of a batch: ``fixed_s + row_s * rows * scale``, where
+    ``scale = (pixels / 512^2) ** pixel_exponent`` (attention grows faster than pixels)."""
+
+    fixed_s: float = 0.015
+    row_s: float = 0.009
+    pixel_exponent: float = 1.15
+
+    def step_s(self, rows: int, width: int, height: int) -> float:
+        scale: float = (width * height / REFERENCE_PIXELS) ** self.pixel_exponent
+        return self.fixed_s + self.row_s * rows * scale
+
+    @classmethod
+    def from_settings(cls, settings: SchedulerSettings) -> StepModel:
+        return cls(settings.step_fixed_s, settings.step_row_s, settings.step_pixel_exponent)
+
+
+def rows_for(n: int, guidance: float | None) -> int:
+    """UNet rows a job takes: two per sample when guided (unknown guidance counts as
+    guided), as the engine batches them."""
+    return n * (2 if guidance is None or guidance > 1.0 else 1)
+
+
+class CostModel:
+    """Estimated device-seconds of a job running alone.
+
+    Starts from a :class:`StepModel` and corrects it per (model, width, height) by a
+    moving average of measured over predicted step times, so estimates follow the
+    hardware the service actually runs on.
+    """
+
+    def __init__(self, steps: StepTimes | None = None) -> None:
+        self.steps: StepTimes = steps or StepModel()
+        self._correction: dict[tuple[str, int, int], float] = {}
+
+    def step_s(self, model: str, rows: int, width: int, height: int) -> float:
+        factor = self._correction.get((model, width, height), 1.0)
+        return self.steps.step_s(rows, width, height) * factor
+
+    def job_cost_s(self, model: str, *, steps: int, rows: int, width: int, height: int) -> float:
+        return steps * self.step_s(model, rows, width, height)
+
+    def observe(self, model: str, *, rows: int, width: int, height: int, step_s: float) -> None:
+        """Learn from one measured step (``step_s`` seconds for ``rows`` rows)."""
+        predicted = self.steps.step_s(rows, width, height)
+        if predicted <= 0 or step_s <= 0:
+            return
+        key = (model, width, height)
+        ratio = step_s / predicted
+        old = self._correction.get(key)
+        self._correction[key] = ratio if old is None else old + LEARNING_RATE * (ratio - old)
+
+
+@dataclass(frozen=True, slots=True)
+class LaneDecision:
+    """Where a job goes and why; ``speed`` is what it is charged as (fast or relax)."""
+
+    lane: Lane
+    speed: Speed
+    cost_s: float
+    reason: str
+
+
+def lane_by_cost(cost_s: float, settings: SchedulerSettings) -> Lane:
+    if cost_s <= settings.realtime_max_cost_s:
+        return Lane.REALTIME
+    if cost_s <= settings.batch_max_cost_s:
+        return Lane.BATCH
+    return Lane.BACKGROUND
+
+
+def classify(
+    cost_s: float,
+    requested: Speed | None,
+    tier_name: str,
+    tier: TierSettings,
+    settings: SchedulerSettings,
+    *,
+    fast_left_s: float | None = None,
+) -> LaneDecision:
+    """The lane of a job of estimated ``cost_s`` device-seconds.
+
+    ``--fast`` (the default) goes by cost; ``--turbo`` lifts a batch-sized job into
+    realtime; ``--relax`` goes to the background lane. A speed the tier does not
+    allow steps down (turbo to fast, fast to relax); so does fast once the user's
+    monthly fast budget (``fast_left_s``, None: unlimited) is spent.
+    """
+    speed = requested or Speed.FAST
+    reasons = []
+    allowed = {Speed(name.value) for name in tier.speeds}
+    if speed is Speed.TURBO and speed not in allowed:
+        speed = Speed.FAST
+        reasons.append(f"tier {tier_name} has no turbo")
+    if speed is Speed.FAST and speed not in allowed:
+        speed = Speed.RELAX
+        reasons.append(f"tier {tier_name} has no fast lane")
+    if speed is not Speed.RELAX and fast_left_s is not None and fast_left_s <= 0:
+        speed = Speed.RELAX
+        reasons.append("fast budget spent this month")
+    if speed is Speed.RELAX and speed not in allowed:
+        raise BadInputError(f"tier {tier_name} allows no lane for this job")
+    by_cost = lane_by_cost(cost_s, settings)
+    if speed is Speed.RELAX:
+        lane = Lane.BACKGROUND
+    elif speed is Speed.TURBO and by_cost is not Lane.BACKGROUND:
+        lane = Lane.REALTIME
+    else:
+        lane = by_cost
+    reasons.append(f"{speed.value}, estimated {cost_s:.1f} device-s")
+    charged = Speed.RELAX if speed is Speed.RELAX else Speed.FAST
+    return LaneDecision(lane, charged, cost_s, "; ".join(reasons))
