@@ -10,10 +10,13 @@ from typing import TYPE_CHECKING
 import structlog
 
 from backend.catalog import ModelCatalog
+from backend.clock import monotonic_s
+from backend.degrade import DegradeController
 from backend.events import EventBus
 from backend.queue import JobQueue, make_queue
+from backend.ratelimit import Admission, make_buckets
 from backend.service import GenerationService
-from config.settings import Settings
+from config.settings import QueueBackend, Settings
 from storage.db import Database
 from storage.images import ImageStore
 
@@ -32,6 +35,7 @@ class Backend:
     catalog: ModelCatalog
     events: EventBus
     service: GenerationService
+    degrade: DegradeController
     workers: list[DeviceWorker] = field(default_factory=list)
 
 
@@ -47,15 +51,35 @@ async def open_backend(settings: Settings, *, local_worker: bool = True) -> Asyn
         images = ImageStore(settings.images_dir)
         queue = make_queue(settings)
         events = EventBus()
-        service = GenerationService(settings, db, queue, catalog, events)
-        backend = Backend(settings, db, images, queue, catalog, events, service)
+        degrade = DegradeController(settings, db, monotonic_s)
+        await degrade.load()
+        redis_client = None
+        if settings.queue.backend is QueueBackend.REDIS:
+            from redis.asyncio import Redis
+
+            redis_client = Redis.from_url(settings.queue.redis_url.get_secret_value())
+        service = GenerationService(
+            settings,
+            db,
+            queue,
+            catalog,
+            events,
+            admission=Admission(settings, make_buckets(settings, redis_client)),
+            steps_factor=lambda: degrade.restrictions.steps_factor,
+        )
+        backend = Backend(settings, db, images, queue, catalog, events, service, degrade)
         try:
+            restored = await service.reconcile()
+            if restored:
+                log.warning("jobs_reconciled", count=restored)
             async with contextlib.AsyncExitStack() as stack:
                 if local_worker:
                     await stack.enter_async_context(_local_worker(backend))
                 yield backend
         finally:
             await queue.close()
+            if redis_client is not None:
+                await redis_client.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -84,6 +108,7 @@ async def _local_worker(backend: Backend) -> AsyncIterator[None]:
                 variation_strength=engine.variation_strength,
                 upscale_strength=engine.upscale_strength,
                 max_source_pixels=engine.max_source_pixels,
+                allow=lambda: backend.degrade.restrictions.claim_filter,
             )
             worker = DeviceWorker(
                 config,

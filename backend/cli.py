@@ -84,6 +84,16 @@ def _parser() -> argparse.ArgumentParser:
     engine.add_argument("--json", action="store_true", help="end with one JSON line")
     engine.set_defaults(func=_cmd_bench_engine)
 
+    from backend.bench import scheduler as scheduler_bench
+
+    scheduler = bench_commands.add_parser(
+        "scheduler",
+        parents=[common],
+        help="replay a trace through scheduling policies on a simulated device",
+    )
+    scheduler_bench.add_arguments(scheduler)
+    scheduler.set_defaults(func=_cmd_bench_scheduler)
+
     config = commands.add_parser("config", parents=[common], help="inspect settings")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = config_commands.add_parser(
@@ -191,6 +201,12 @@ def _cmd_bench_engine(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, separators=(",", ":")))
     return EXIT_OK
+
+
+def _cmd_bench_scheduler(args: argparse.Namespace) -> int:
+    from backend.bench import scheduler as scheduler_bench
+
+    return scheduler_bench.main(_settings(args), args)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -11,11 +12,13 @@ from typing import Any
 import structlog
 
 from backend.catalog import ModelCatalog
-from backend.clock import wall_ms
+from backend.clock import usage_month, wall_ms
 from backend.errors import BadInputError, JobFailedError
 from backend.events import EventBus, EventKind, JobEvent, Subscription
-from backend.models import SEED_MAX, Job, JobSpec, Lane, Speed
+from backend.lanes import CostModel, LaneDecision, StepModel, classify, rows_for
+from backend.models import SEED_MAX, Job, JobSpec, Lane
 from backend.queue.base import JobQueue
+from backend.ratelimit import Admission
 from config.settings import Settings
 from storage.db import Database
 
@@ -38,13 +41,6 @@ class JobKind(StrEnum):
     REROLL = "reroll"
 
 
-def lane_for(spec: JobSpec) -> Lane:
-    """The lane a spec asks for (the scheduler's cost-based classifier refines this)."""
-    if spec.speed is Speed.RELAX:
-        return Lane.BATCH
-    return Lane.REALTIME
-
-
 class GenerationService:
     """Validates, records and queues jobs; reports their progress."""
 
@@ -55,12 +51,20 @@ class GenerationService:
         queue: JobQueue,
         catalog: ModelCatalog,
         events: EventBus,
+        *,
+        cost: CostModel | None = None,
+        admission: Admission | None = None,
+        steps_factor: Callable[[], float] = lambda: 1.0,
     ) -> None:
         self.settings = settings
         self.db = db
         self.queue = queue
         self.catalog = catalog
         self.events = events
+        self.cost = cost or CostModel(StepModel.from_settings(settings.scheduler))
+        self.admission = admission
+        # The degradation ladder's light level runs fewer steps than asked for.
+        self._steps_factor = steps_factor
 
     async def submit(
         self,
@@ -80,15 +84,39 @@ class GenerationService:
         ``meta`` carries an image-to-image job's ``source_image`` path and ``strength``.
         """
         self.catalog.get(spec.model)
+        user = await self.db.users.ensure(user_id)
+        tier_name = (
+            user.tier
+            if user.tier in self.settings.scheduler.tiers
+            else (self.settings.scheduler.default_tier)
+        )
+        tier = self.settings.scheduler.tiers[tier_name]
+        resolved = self.catalog.resolve(spec)
+        factor = self._steps_factor()
+        if factor < 1.0 and resolved.steps is not None:
+            spec = replace(spec, steps=max(1, round(resolved.steps * factor)))
+            resolved = replace(resolved, steps=spec.steps)
+        decision = await self._classify(resolved, user_id, tier_name)
+        if self.admission is not None:
+            await self.admission.admit(
+                user_id=user_id,
+                tier=tier_name,
+                guild_id=guild_id,
+                queued_for_user=await self.db.jobs.count_waiting(user_id),
+            )
         job = Job(
             id=job_id or self.new_job_id(),
             spec=spec,
             user_id=user_id,
-            lane=lane_for(spec),
+            tier=tier_name,
+            lane=decision.lane,
             guild_id=guild_id,
             channel_id=channel_id,
             submitted_at_ms=wall_ms(),
-            meta=dict(meta or {}),
+            meta={**(meta or {}), "speed": decision.speed.value},
+            cost_s=decision.cost_s,
+            weight=tier.weight,
+            max_running=tier.max_running,
         )
         await self.db.jobs.insert(
             job.id,
@@ -99,13 +127,89 @@ class GenerationService:
             channel_id=channel_id,
             kind=kind.value,
             parent_job_id=parent_job_id,
+            meta=job.meta,
         )
         # Marked queued first: a worker may claim it the moment it is enqueued.
         await self.db.jobs.mark_queued(job.id)
         await self.queue.enqueue(job)
         self.events.publish(JobEvent(job.id, EventKind.QUEUED, at_ms=wall_ms()))
-        log.info("job_queued", job_id=job.id, user_id=user_id, lane=job.lane.value)
+        log.info(
+            "job_queued",
+            job_id=job.id,
+            user_id=user_id,
+            tier=tier_name,
+            lane=job.lane.value,
+            cost_s=round(decision.cost_s, 3),
+            why=decision.reason,
+        )
         return job
+
+    async def _classify(self, spec: JobSpec, user_id: int, tier_name: str) -> LaneDecision:
+        """The lane from the estimated cost, the requested speed, the tier and what is
+        left of the user's fast budget this month; a job no device holds is refused."""
+        assert spec.model is not None
+        assert spec.steps is not None
+        rows = rows_for(spec.n, spec.guidance)
+        limit = self.settings.engine.max_batch_rows
+        if rows > limit:
+            raise BadInputError(
+                f"this job needs {rows} UNet rows ({spec.n} samples"
+                f"{', guided' if rows > spec.n else ''}); a device holds at most {limit}:"
+                " ask for fewer samples with --n"
+            )
+        cost_s = self.cost.job_cost_s(
+            spec.model, steps=spec.steps, rows=rows, width=spec.width, height=spec.height
+        )
+        tier = self.settings.scheduler.tiers[tier_name]
+        fast_left = None
+        if tier.fast_budget_gpu_s is not None:
+            used = await self.db.usage.get(user_id, usage_month(wall_ms()))
+            fast_left = tier.fast_budget_gpu_s - used.fast_gpu_s
+        return classify(
+            cost_s, spec.speed, tier_name, tier, self.settings.scheduler, fast_left_s=fast_left
+        )
+
+    async def reconcile(self) -> int:
+        """Re-enqueue the jobs SQLite holds as queued or running that the queue lost
+        (after a Redis flush, or any restart of the memory queue). Enqueue is
+        idempotent, so jobs the queue still has stay as they are. A re-enqueued job
+        resumes from the checkpoint SQLite kept for it, if any. Returns how many."""
+        restored = 0
+        for row in await self.db.jobs.list_by_state("queued", "running"):
+            user = await self.db.users.ensure(row.user_id)
+            tiers = self.settings.scheduler.tiers
+            tier_name = user.tier if user.tier in tiers else self.settings.scheduler.default_tier
+            spec = JobSpec.from_json(row.spec_json)
+            resolved = self.catalog.resolve(spec)
+            assert resolved.model is not None
+            assert resolved.steps is not None
+            cost_s = self.cost.job_cost_s(
+                resolved.model,
+                steps=resolved.steps,
+                rows=rows_for(resolved.n, resolved.guidance),
+                width=resolved.width,
+                height=resolved.height,
+            )
+            job = Job(
+                id=row.id,
+                spec=spec,
+                user_id=row.user_id,
+                tier=tier_name,
+                lane=Lane(row.lane),
+                guild_id=row.guild_id,
+                channel_id=row.channel_id,
+                submitted_at_ms=row.submitted_at_ms,
+                meta=row.meta,
+                cost_s=cost_s,
+                weight=tiers[tier_name].weight,
+                max_running=tiers[tier_name].max_running,
+            )
+            if await self.queue.enqueue(job):
+                restored += 1
+                if row.state == "running":
+                    await self.db.jobs.mark_queued(row.id)
+                log.warning("job_reconciled", job_id=row.id, was=row.state)
+        return restored
 
     async def derive(
         self,

@@ -20,13 +20,13 @@ import structlog
 from PIL import Image
 
 from backend.catalog import ModelCatalog
-from backend.clock import wall_ms
+from backend.clock import usage_month, wall_ms
 from backend.engine.types import EngineEvent, Outcome, Request
 from backend.errors import BackendError, QueueError
 from backend.events import EventBus, EventKind, JobEvent
 from backend.grid import encode_png, make_grid
 from backend.models import Job, JobState
-from backend.queue.base import JobQueue, Lease
+from backend.queue.base import EVERYTHING, ClaimFilter, JobQueue, Lease
 from storage.db import Database
 from storage.images import ImageStore
 
@@ -67,6 +67,8 @@ class WorkerConfig:
     variation_strength: float = 0.6
     upscale_strength: float = 0.3
     max_source_pixels: int = 4096 * 4096
+    # What the device may start now (the degradation ladder's pauses).
+    allow: Callable[[], ClaimFilter] = lambda: EVERYTHING
 
 
 @dataclass(slots=True)
@@ -194,7 +196,10 @@ class DeviceWorker:
                 continue
             try:
                 lease = await self._queue.claim(
-                    config.worker_id, lease_s=config.lease_s, wait_s=config.poll_s
+                    config.worker_id,
+                    lease_s=config.lease_s,
+                    wait_s=config.poll_s,
+                    allow=config.allow(),
                 )
             except QueueError as exc:
                 log.warning("claim_failed", error=str(exc))
@@ -218,12 +223,15 @@ class DeviceWorker:
             await self._fail(job, str(exc))
             await self._ack(lease)
             return
+        checkpoint = lease.checkpoint
+        if checkpoint is None:
+            # The queue lost it (Redis flushed, the job reconciled from SQLite): SQLite
+            # keeps the last checkpoint of a preempted job.
+            checkpoint = await self._db.jobs.checkpoint(job.id)
         self._flights[job.id] = _Flight(lease, _rows(job))
         await self._db.jobs.mark_started(job.id)
-        log.info(
-            "job_claimed", job_id=job.id, attempt=lease.attempt, resumed=bool(lease.checkpoint)
-        )
-        self._engine.submit(request, lease.checkpoint)
+        log.info("job_claimed", job_id=job.id, attempt=lease.attempt, resumed=bool(checkpoint))
+        self._engine.submit(request, checkpoint)
 
     async def _request_for(self, job: Job) -> Request:
         spec = self._catalog.resolve(job.spec)
@@ -285,6 +293,9 @@ class DeviceWorker:
     async def _succeed(self, job: Job, samples: list[Image.Image], flight: _Flight) -> None:
         paths = await self._store(job, samples)
         await asyncio.shield(self._db.jobs.mark_finished(job.id, JobState.SUCCEEDED.value))
+        await asyncio.shield(self._account(job, time.monotonic() - flight.started_s))
+        if flight.lease.attempt > 1:
+            await self._db.jobs.save_checkpoint(job.id, None)
         self._publish(job.id, EventKind.SUCCEEDED, images=tuple(paths))
         spec = job.spec
         log.info(
@@ -324,10 +335,22 @@ class DeviceWorker:
         except QueueError as exc:
             log.warning("requeue_failed", job_id=job.id, error=str(exc))
             return
-        await asyncio.shield(self._db.jobs.mark_queued(job.id))
+        await asyncio.shield(self._save_requeued(job.id, event.checkpoint))
         self._publish(job.id, EventKind.PREEMPTED, event.step, event.total)
         size = len(event.checkpoint) if event.checkpoint else 0
         log.info("job_preempted", job_id=job.id, step=event.step, checkpoint_bytes=size)
+
+    async def _save_requeued(self, job_id: str, checkpoint: bytes | None) -> None:
+        await self._db.jobs.save_checkpoint(job_id, checkpoint)
+        await self._db.jobs.mark_queued(job_id)
+
+    async def _account(self, job: Job, run_s: float) -> None:
+        """Charge the measured device time to the user's month, fast or relax."""
+        month = usage_month(wall_ms())
+        relax = job.meta.get("speed") == "relax"
+        await self._db.usage.add(
+            job.user_id, month, fast_s=0.0 if relax else run_s, relax_s=run_s if relax else 0.0
+        )
 
     async def _ack(self, lease: Lease) -> None:
         self._landed(lease.job.id)

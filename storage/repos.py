@@ -330,6 +330,17 @@ class JobRepo:
             )
         return [_job(row) for row in rows]
 
+    async def count_waiting(self, user_id: int) -> int:
+        """The user's jobs submitted or queued, not yet running or finished."""
+        async with self._db.reading() as conn:
+            row = await _one(
+                conn,
+                "SELECT COUNT(*) AS n FROM jobs WHERE user_id = ?"
+                " AND state IN ('submitted', 'queued')",
+                (user_id,),
+            )
+        return int(row["n"]) if row is not None else 0
+
     async def list_for_user(self, user_id: int, limit: int = 20) -> list[JobRow]:
         """The user's ``limit`` most recent jobs, newest first."""
         async with self._db.reading() as conn:

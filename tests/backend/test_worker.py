@@ -59,7 +59,10 @@ async def test_job_is_stored_with_grid_samples_and_progress(app: Backend) -> Non
 
 
 async def test_near_simultaneous_jobs_share_the_device(app: Backend) -> None:
-    """Jobs submitted together all start before any of them finishes (one batch)."""
+    """Jobs submitted together all start before any of them finishes (one batch), for a
+    tier that may run several at once."""
+    await app.db.users.ensure(1)
+    await app.db.users.set_tier(1, "pro")
     follow = app.events.subscribe(None)
     ids = [(await submit(app, spec(f"job {i}", seed=i)))[0] for i in range(3)]
     order: list[tuple[str, EventKind]] = []

@@ -1,0 +1,130 @@
+"""`imagine bench scheduler`: the simulation over the production policy code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from backend.bench.scheduler import run_scheduler_bench, service_time
+from backend.bench.sim import POLICIES, TableStepModel
+from backend.bench.trace import TraceJob, synthetic_trace
+from backend.cli import main
+from backend.errors import BadInputError
+from backend.lanes import StepModel
+from config.settings import load_settings
+
+LANE_KEYS = {"jobs", "p50_wait_s", "p99_wait_s", "p99_slowdown"}
+POLICY_KEYS = {
+    "lanes",
+    "busy_fraction",
+    "images_per_s",
+    "mean_batch",
+    "preemptions_per_1000",
+    "jain",
+    "max_wait_lowest_tier_s",
+}
+
+
+@pytest.fixture(scope="module")
+def small_run() -> dict:  # type: ignore[type-arg]
+    settings = load_settings()
+    model = StepModel.from_settings(settings.scheduler)
+    trace = synthetic_trace(seed=5, jobs=400, load=0.85, mean_service_s=service_time(model))
+    result, _, _ = run_scheduler_bench(settings, trace, step_model=model, say=lambda _: None)
+    return result
+
+
+def test_every_policy_reports_the_documented_shape(small_run: dict) -> None:  # type: ignore[type-arg]
+    """Each policy has every documented figure, per lane and overall."""
+    assert small_run["jobs"] == 400
+    assert set(small_run["policies"]) == set(POLICIES)
+    for figures in small_run["policies"].values():
+        assert set(figures) >= POLICY_KEYS
+        for lane in figures["lanes"].values():
+            assert set(lane) == LANE_KEYS
+        assert sum(lane["jobs"] for lane in figures["lanes"].values()) == 400
+
+
+def test_same_jobs_same_lanes_for_every_policy(small_run: dict) -> None:  # type: ignore[type-arg]
+    """Lanes come from our classifier, so every policy sees the same lane sizes."""
+    sizes = {
+        name: {lane: f["jobs"] for lane, f in figures["lanes"].items()}
+        for name, figures in small_run["policies"].items()
+    }
+    assert len({json.dumps(s, sort_keys=True) for s in sizes.values()}) == 1
+
+
+def test_preemption_cuts_realtime_waits_against_fifo(small_run: dict) -> None:
+    """Ours preempts and batches: realtime p99 wait well under FIFO's, no preemptions
+    in the baselines."""
+    policies = small_run["policies"]
+    assert policies["ours"]["lanes"]["realtime"]["p99_wait_s"] < (
+        policies["fifo"]["lanes"]["realtime"]["p99_wait_s"] / 3
+    )
+    assert policies["fifo"]["preemptions_per_1000"] == 0
+    assert policies["ours"]["preemptions_per_1000"] > 0
+    assert policies["fifo"]["mean_batch"] == 1.0
+    assert policies["fifo_batch"]["mean_batch"] > 1.0
+
+
+def test_job_larger_than_the_device_is_named(tmp_path: Path) -> None:
+    """A trace job needing more rows than the device holds is refused by its number."""
+    settings = load_settings()
+    model = StepModel.from_settings(settings.scheduler)
+    big = TraceJob(index=3, t_s=0.0, user="u", tier="free", steps=4, width=512, height=512, n=16)
+    with pytest.raises(BadInputError, match="trace job 3 needs 32"):
+        run_scheduler_bench(settings, [big], step_model=model, say=lambda _: None)
+
+
+def test_cli_trace_file_json_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A trace file replays through the CLI; the last line is the JSON result and the
+    report files are written."""
+    trace = tmp_path / "t.jsonl"
+    lines = [
+        {
+            "t": i * 0.5,
+            "user": f"u{i % 3}",
+            "tier": "pro",
+            "steps": 4,
+            "width": 512,
+            "height": 512,
+            "n": 4,
+            "lane": None,
+        }
+        for i in range(20)
+    ]
+    trace.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    out = tmp_path / "out"
+    status = main(["bench", "scheduler", "--trace", str(trace), "--out", str(out), "--json"])
+    assert status == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["jobs"] == 20
+    assert (out / "report.md").is_file() and (out / "busy_fraction.png").is_file()
+
+
+def test_cli_bad_trace_line_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A trace line with a negative time fails with exit status 2 naming the line."""
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(
+        '{"t": -1, "user": "u", "tier": "free", "steps": 4, "width": 512, "height": 512,'
+        ' "n": 1, "lane": null}\n'
+    )
+    assert main(["bench", "scheduler", "--trace", str(trace)]) == 2
+    assert "line 1" in capsys.readouterr().err
+
+
+def test_step_times_from_engine_bench() -> None:
+    """An engine bench result becomes a step-time table, scaled to other shapes."""
+    data = {
+        "width": 64,
+        "height": 64,
+        "batches": {"1": {"step_s": 0.01}, "2": {"step_s": 0.015}, "4": {"step_s": 0.02}},
+    }
+    model = TableStepModel.from_engine_json(data)
+    assert model.step_s(2, 64, 64) == pytest.approx(0.01)
+    assert model.step_s(6, 64, 64) == pytest.approx(0.0175)
+    assert model.step_s(2, 128, 128) > 4 * 0.01
+    with pytest.raises(BadInputError):
+        TableStepModel.from_engine_json({"batches": {}})

@@ -1,0 +1,107 @@
+"""The service's scheduling decisions: tiers, lanes, budgets, admission, degradation
+and reconciliation with SQLite, without a device (jobs stay queued)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from backend.app import Backend, open_backend
+from backend.clock import usage_month, wall_ms
+from backend.degrade import Level
+from backend.errors import BadInputError, RefusedError
+from backend.models import JobSpec, Lane, Speed
+from backend.queue.memory import MemoryQueue
+from config.settings import load_settings
+
+
+@pytest.fixture
+async def app(engine_env: Path) -> AsyncIterator[Backend]:
+    async with open_backend(load_settings(), local_worker=False) as backend:
+        yield backend
+
+
+def spec(**kw: object) -> JobSpec:
+    values: dict[str, object] = {"prompt": "a cat", "seed": 1, "width": 512, "height": 512}
+    values.update(kw)
+    return JobSpec(**values)  # type: ignore[arg-type]
+
+
+async def test_lane_follows_cost_and_tier_weights_are_stamped(app: Backend) -> None:
+    """A short job is realtime, a long large one batch; the job carries its tier's
+    weight, running cap and estimated cost."""
+    await app.db.users.ensure(5)
+    await app.db.users.set_tier(5, "pro")
+    short = await app.service.submit(spec(steps=4), user_id=5)
+    long = await app.service.submit(spec(steps=50, width=1024, height=1024), user_id=5)
+    assert short.lane is Lane.REALTIME and long.lane is Lane.BATCH
+    assert (short.tier, short.weight, short.max_running) == ("pro", 4.0, 6)
+    assert long.cost_s > 10 * short.cost_s
+    turbo = await app.service.submit(
+        spec(steps=50, width=1024, height=1024, speed=Speed.TURBO), user_id=5
+    )
+    assert turbo.lane is Lane.REALTIME
+
+
+async def test_spent_fast_budget_falls_back_to_relax(app: Backend) -> None:
+    """Once a free user's monthly fast GPU-seconds are used up, jobs go to background."""
+    await app.db.usage.add(9, usage_month(wall_ms()), fast_s=1800.0, relax_s=0.0)
+    job = await app.service.submit(spec(steps=4), user_id=9)
+    assert job.lane is Lane.BACKGROUND and job.meta["speed"] == "relax"
+
+
+async def test_job_larger_than_a_device_is_refused(app: Backend) -> None:
+    """More guided samples than the device's rows is refused before anything is stored."""
+    with pytest.raises(BadInputError, match="UNet rows"):
+        await app.service.submit(spec(n=16), user_id=3)
+    assert await app.db.jobs.list_for_user(3) == []
+
+
+async def test_queued_cap_and_rate_limit_refuse_with_retry(app: Backend) -> None:
+    """A free user may have four jobs waiting; the fifth is refused, saying why."""
+    for _ in range(4):
+        await app.service.submit(spec(steps=4), user_id=11)
+    with pytest.raises(RefusedError) as refused:
+        await app.service.submit(spec(steps=4), user_id=11)
+    assert refused.value.scope == "queued"
+    assert "4 queued jobs" in str(refused.value)
+
+
+async def test_light_degradation_runs_fewer_steps(app: Backend) -> None:
+    """Under light degradation a 30-step job is queued with 18 steps."""
+    await app.degrade.set_override(Level.LIGHT, actor_id=1)
+    job = await app.service.submit(spec(steps=30), user_id=12)
+    assert job.spec.steps == 18
+
+
+async def test_medium_degradation_pauses_free_claims(app: Backend) -> None:
+    """Medium: free-tier jobs queue but a device's claim skips them; paid ones start."""
+    await app.degrade.set_override(Level.MEDIUM, actor_id=1)
+    await app.db.users.ensure(21)
+    await app.db.users.set_tier(21, "basic")
+    await app.service.submit(spec(steps=4), user_id=20)
+    paid = await app.service.submit(spec(steps=4), user_id=21)
+    allow = app.degrade.restrictions.claim_filter
+    lease = await app.queue.claim("w", lease_s=10, allow=allow)
+    assert lease is not None and lease.job.id == paid.id
+    assert await app.queue.claim("w", lease_s=10, allow=allow) is None
+
+
+async def test_reconcile_re_enqueues_what_the_queue_lost(app: Backend) -> None:
+    """Queued and running jobs in SQLite come back after the queue is emptied (a Redis
+    flush); a preempted job's checkpoint stays in SQLite for its resume."""
+    first = await app.service.submit(spec(steps=4), user_id=30)
+    second = await app.service.submit(spec(steps=4), user_id=31)
+    await app.db.jobs.mark_started(second.id)
+    await app.db.jobs.save_checkpoint(second.id, b"state")
+    app.service.queue = MemoryQueue()
+    assert await app.service.reconcile() == 2
+    assert await app.service.reconcile() == 0  # idempotent
+    assert await app.service.queue.depth() == 2
+    row = await app.db.jobs.get(second.id)
+    assert row is not None and row.state == "queued"
+    assert await app.db.jobs.checkpoint(second.id) == b"state"
+    lease = await app.service.queue.claim("w", lease_s=10)
+    assert lease is not None and lease.job.id == first.id and lease.job.meta["speed"] == "fast"
