@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from backend.cli import main
+from storage.migrate import discover
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
