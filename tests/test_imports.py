@@ -22,6 +22,16 @@ TORCH_FREE = [
     "backend.app",
     "backend.generate",
     "backend.cli",
+    "backend.fairness",
+    "backend.lanes",
+    "backend.preemption",
+    "backend.eta",
+    "backend.degrade",
+    "backend.ratelimit",
+    "backend.bench.sim",
+    "backend.bench.scheduler",
+    "backend.bench.trace",
+    "backend.bench.report",
 ]
 
 
