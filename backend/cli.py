@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     engine.add_argument("--json", action="store_true", help="end with one JSON line")
     engine.set_defaults(func=_cmd_bench_engine)
 
+    from backend.bench import queue as queue_bench
     from backend.bench import scheduler as scheduler_bench
 
     scheduler = bench_commands.add_parser(
@@ -93,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     scheduler_bench.add_arguments(scheduler)
     scheduler.set_defaults(func=_cmd_bench_scheduler)
+    queue = bench_commands.add_parser(
+        "queue", parents=[common], help="queue operations per second, memory and Redis"
+    )
+    queue_bench.add_arguments(queue)
+    queue.set_defaults(func=_cmd_bench_queue)
 
     config = commands.add_parser("config", parents=[common], help="inspect settings")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -207,6 +213,12 @@ def _cmd_bench_scheduler(args: argparse.Namespace) -> int:
     from backend.bench import scheduler as scheduler_bench
 
     return scheduler_bench.main(_settings(args), args)
+
+
+def _cmd_bench_queue(args: argparse.Namespace) -> int:
+    from backend.bench import queue as queue_bench
+
+    return queue_bench.main(args)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:

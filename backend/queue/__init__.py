@@ -2,22 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from backend.fairness import AgingPolicy
+from backend.models import Lane
 from backend.queue.base import JobQueue, Lease
 from backend.queue.memory import MemoryQueue
-from config.settings import QueueBackend, Settings
+from backend.queue.redis import RedisQueue
+from config.settings import QueueBackend, SchedulerSettings, Settings
 
-__all__ = ["JobQueue", "Lease", "MemoryQueue", "make_queue"]
+__all__ = ["JobQueue", "Lease", "MemoryQueue", "RedisQueue", "aging_policy", "make_queue"]
+
+
+def aging_policy(scheduler: SchedulerSettings) -> AgingPolicy:
+    """Each lane's wait bound and the aging fraction, as the settings give them."""
+    return AgingPolicy.from_seconds(
+        {
+            Lane.REALTIME: scheduler.realtime_max_wait_s,
+            Lane.BATCH: scheduler.batch_max_wait_s,
+            Lane.BACKGROUND: scheduler.background_max_wait_s,
+        },
+        scheduler.aging_fraction,
+    )
+
+
+def _redis(settings: Settings, aging: AgingPolicy) -> JobQueue:
+    return RedisQueue.from_url(
+        settings.queue.redis_url.get_secret_value(),
+        namespace=settings.queue.namespace,
+        aging=aging,
+    )
+
+
+def _memory(settings: Settings, aging: AgingPolicy) -> JobQueue:
+    return MemoryQueue(aging=aging)
+
+
+_FACTORIES: dict[QueueBackend, Callable[[Settings, AgingPolicy], JobQueue]] = {
+    QueueBackend.MEMORY: _memory,
+    QueueBackend.REDIS: _redis,
+}
 
 
 def make_queue(settings: Settings) -> JobQueue:
-    """The queue backend named by ``settings.queue.backend``."""
-    factories = {QueueBackend.MEMORY: MemoryQueue}
-    factory = factories.get(settings.queue.backend)
-    if factory is None:
-        from backend.errors import BadInputError
-
-        raise BadInputError(
-            f"queue.backend={settings.queue.backend.value!r} is not available in this version; "
-            "use 'memory'"
-        )
-    return factory()
+    """The queue backend named by ``settings.queue.backend``, aging as the scheduler
+    settings say."""
+    return _FACTORIES[settings.queue.backend](settings, aging_policy(settings.scheduler))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,6 +28,7 @@ class _Entry:
     checkpoint: bytes | None = None
     lease: Lease | None = None
     cancelled: bool = False
+    order: int = 0  # enqueue order: expired leases come back in it
 
 
 def ticket_for(job: Job) -> Ticket:
@@ -50,13 +53,17 @@ class MemoryQueue:
         self._now_ms = now_ms
         self._fair = FairQueue(aging)
         self._entries: dict[str, _Entry] = {}
+        # (expires_at_ms, job id) of every lease granted or renewed; stale items (the
+        # lease was renewed, acked or given back) are skipped when they come up.
+        self._expiries: list[tuple[int, str]] = []
+        self._order = itertools.count()
         self._changed = asyncio.Condition()
 
     async def enqueue(self, job: Job) -> bool:
         if job.id in self._entries:
             return False
         ticket = self._fair.push(ticket_for(job), self._now_ms())
-        self._entries[job.id] = _Entry(job, ticket)
+        self._entries[job.id] = _Entry(job, ticket, order=next(self._order))
         await self._notify()
         return True
 
@@ -96,6 +103,7 @@ class MemoryQueue:
             expires_at_ms=self._now_ms() + int(lease_s * 1000),
             checkpoint=entry.checkpoint,
         )
+        heapq.heappush(self._expiries, (entry.lease.expires_at_ms, entry.job.id))
         return entry.lease
 
     async def peek(self, allow: ClaimFilter = EVERYTHING) -> Head | None:
@@ -108,8 +116,17 @@ class MemoryQueue:
 
     def _reclaim_expired(self) -> None:
         now = self._now_ms()
-        for job_id, entry in list(self._entries.items()):
-            if entry.lease is not None and entry.lease.expires_at_ms <= now:
+        expired: list[_Entry] = []
+        while self._expiries and self._expiries[0][0] <= now:
+            _, job_id = heapq.heappop(self._expiries)
+            entry = self._entries.get(job_id)
+            lease = entry.lease if entry is not None else None
+            if entry is not None and lease is not None and lease.expires_at_ms <= now:
+                expired.append(entry)
+        expired = list({id(entry): entry for entry in expired}.values())
+        for entry in sorted(expired, key=lambda e: e.order):
+            job_id = entry.job.id
+            if entry.lease is not None:
                 entry.lease = None
                 if entry.cancelled:
                     self._fair.release(entry.ticket)
@@ -128,6 +145,7 @@ class MemoryQueue:
     async def renew(self, lease: Lease, *, lease_s: float) -> Lease:
         entry = self._held(lease)
         entry.lease = replace(lease, expires_at_ms=self._now_ms() + int(lease_s * 1000))
+        heapq.heappush(self._expiries, (entry.lease.expires_at_ms, entry.job.id))
         return entry.lease
 
     async def ack(self, lease: Lease) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -13,6 +14,8 @@ from backend.fairness import ClaimFilter
 from backend.models import Job, JobSpec, Lane
 from backend.queue.base import JobQueue
 from backend.queue.memory import MemoryQueue
+from backend.queue.redis import RedisQueue
+from tests.conftest import REDIS_URL
 
 
 class FakeClock:
@@ -26,7 +29,18 @@ class FakeClock:
 
 
 QueueFactory = Callable[[FakeClock], JobQueue]
-BACKENDS: dict[str, QueueFactory] = {"memory": lambda clock: MemoryQueue(now_ms=clock)}
+
+
+def _redis_queue(clock: FakeClock) -> JobQueue:
+    """A queue over the test Redis, in a namespace of its own (purged after the test)."""
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    return RedisQueue.from_url(REDIS_URL, namespace=namespace, now_ms=clock)
+
+
+BACKENDS: dict[str, QueueFactory] = {
+    "memory": lambda clock: MemoryQueue(now_ms=clock),
+    "redis": _redis_queue,
+}
 
 
 @pytest.fixture
@@ -38,6 +52,8 @@ def clock() -> FakeClock:
 async def queue(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[JobQueue]:
     backend = BACKENDS[request.param](clock)
     yield backend
+    if isinstance(backend, RedisQueue):
+        await backend.purge()
     await backend.close()
 
 

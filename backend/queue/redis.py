@@ -1,0 +1,554 @@
+"""Redis queue: one queue shared by every process of a deployment.
+
+The fair order is ``backend.fairness``'s, computed by Lua scripts on the server: every
+operation is one script, which Redis runs alone, so claims from many workers never
+take the same job. The time is the caller's (``now_ms``, passed to each script), never
+the server's, so tests drive it with a fake clock. Scripts build key names from the
+namespace, so the backend needs a single Redis node, not a cluster.
+
+Keys, all under ``{namespace}:q:``:
+
+* ``job:{id}``: hash of one known job: its JSON payload, the fields fair queuing reads
+  (lane, user, tier, cap, cost in microseconds, start tag, enqueue time, sequence) and
+  its lease (token, worker, expiry, attempt), the cancelled flag and the checkpoint as
+  raw bytes. Expires :data:`JOB_TTL_S` after it was last touched, so a job nothing
+  refers to any more (its sorted-set entry lost in a crash) cannot linger forever.
+* ``tag:{lane}``: sorted set of the lane's queued jobs, score the start tag, member the
+  sequence number as 16 zero-padded digits then ``:`` and the id. Members of equal
+  score sort by their bytes, so the order is (start tag, sequence) as in ``FairQueue``.
+* ``age:{lane}``: the same members scored by enqueue time: the aging order.
+* ``leased``: sorted set of leased job ids by lease expiry, for the lazy reclaim.
+* ``running:{user}``: the user's leased jobs, for ``max_running``. Expires
+  :data:`JOB_TTL_S` after its last claim or renew, which heals a count left behind by a
+  job whose hash expired while leased.
+* ``finish:{lane}``: sorted set of user finish tags. A tag at or below the lane's
+  virtual time changes nothing (``max(V, F) = V``), so claims prune those: the set holds
+  only users who are ahead of the lane, without a TTL.
+* ``vtime``, ``cost`` (queued microseconds) and ``seq``: one value per lane, one counter.
+
+The sorted sets hold only live jobs and the hashes a few fields, so nothing but the job
+hashes and running counters needs a TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from backend.clock import wall_ms
+from backend.errors import QueueError
+from backend.fairness import EVERYTHING, LANE_ORDER, MIN_COST_S, AgingPolicy, ClaimFilter
+from backend.models import Job, Lane
+from backend.queue.base import Head, Lease
+from backend.queue.memory import DEFAULT_AGING
+
+__all__ = ["JOB_TTL_S", "POLL_INTERVAL_S", "SCAN_LIMIT", "RedisQueue"]
+
+# A week: far beyond any lane's max wait and any lease, so only true orphans expire.
+JOB_TTL_S = 7 * 24 * 3600
+# How far a claim looks past ineligible jobs (user at their cap, excluded tier) in one
+# lane and order before it treats the lane as having nothing for this caller. It bounds
+# the time a script holds the server; the in-process queue has no bound, so the two
+# differ only when more than this many ineligible jobs queue ahead of an eligible one.
+SCAN_LIMIT = 256
+# Members fetched per round of that scan: the head is usually eligible.
+SCAN_CHUNK = 16
+# A claim waiting for work re-checks this often, for jobs queued by other processes;
+# this process's own enqueues, acks and requeues wake it at once.
+POLL_INTERVAL_S = 0.05
+
+# ARGV[1..3] of every script: key prefix, now (ms), job TTL (s). Then its own arguments.
+_PRELUDE = """
+local prefix = ARGV[1]
+local now = tonumber(ARGV[2])
+local ttl_s = tonumber(ARGV[3])
+local SEQ_OFFSET = 1e15
+
+local function job_key(id) return prefix .. 'job:' .. id end
+local function member_of(seq, id)
+  return string.format('%016.0f', SEQ_OFFSET + seq) .. ':' .. id
+end
+local function id_of(member) return string.sub(member, 18) end
+local function seq_of(member) return tonumber(string.sub(member, 1, 16)) - SEQ_OFFSET end
+
+-- Queued microseconds of a lane; reset when it empties, so a job hash that expired
+-- while queued cannot leave its cost counted for good.
+local function add_cost(lane, cost_us)
+  local key = prefix .. 'cost'
+  redis.call('HINCRBY', key, lane, string.format('%d', cost_us))  -- never '-0'
+  if redis.call('ZCARD', prefix .. 'tag:' .. lane) == 0 then redis.call('HSET', key, lane, 0) end
+end
+
+local function release(user)
+  if not user then return end
+  local key = prefix .. 'running:' .. user
+  if redis.call('DECR', key) <= 0 then redis.call('DEL', key) end
+end
+
+-- FairQueue.restore: back to its lane with its start tag and enqueue time, and a fresh
+-- negative sequence number, so it goes before jobs of the same tag that never ran.
+local function restore(id, key)
+  local f = redis.call('HMGET', key, 'lane', 'user', 'tag', 'enq', 'cost_us')
+  release(f[2])
+  local seq = -redis.call('INCR', prefix .. 'seq')
+  local member = member_of(seq, id)
+  redis.call('ZADD', prefix .. 'tag:' .. f[1], f[3], member)
+  redis.call('ZADD', prefix .. 'age:' .. f[1], f[4], member)
+  add_cost(f[1], tonumber(f[5]))
+  redis.call('HSET', key, 'state', 'queued', 'seq', seq, 'member', member)
+  redis.call('HDEL', key, 'token', 'worker', 'expires')
+  redis.call('EXPIRE', key, ttl_s)
+  redis.call('ZREM', prefix .. 'leased', id)
+end
+
+local function drop(id, key)
+  release(redis.call('HGET', key, 'user'))
+  redis.call('DEL', key)
+  redis.call('ZREM', prefix .. 'leased', id)
+end
+
+-- nil if the token holds an unexpired lease, else why not.
+local function problem(key, token)
+  local f = redis.call('HMGET', key, 'state', 'token', 'expires')
+  if f[1] ~= 'leased' or f[2] ~= token then return 'lost' end
+  if tonumber(f[3]) <= now then return 'expired' end
+  return nil
+end
+"""
+
+# ARGV: id, payload, lane, user, tier, cost_s, weight, max_running, cost_us, min_cost_s.
+# The start-tag arithmetic is FairQueue.push's, in the same double precision.
+_ENQUEUE = """
+local id, lane, user = ARGV[4], ARGV[6], ARGV[7]
+local key = job_key(id)
+if redis.call('EXISTS', key) == 1 then return 0 end
+local cost, weight, min_cost = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[13])
+local vtime = tonumber(redis.call('HGET', prefix .. 'vtime', lane)) or 0
+local finish_key = prefix .. 'finish:' .. lane
+local tag = math.max(vtime, tonumber(redis.call('ZSCORE', finish_key, user)) or 0)
+local finish = tag + math.max(cost, min_cost) / math.max(weight, 1e-9)
+redis.call('ZADD', finish_key, string.format('%.17g', finish), user)
+local seq = redis.call('INCR', prefix .. 'seq')
+local member = member_of(seq, id)
+local tag_text = string.format('%.17g', tag)
+redis.call('HSET', key, 'payload', ARGV[5], 'lane', lane, 'user', user, 'tier', ARGV[8],
+  'max_running', ARGV[11], 'cost_us', ARGV[12], 'tag', tag_text, 'enq', ARGV[2],
+  'seq', seq, 'order', seq, 'member', member, 'state', 'queued', 'attempt', 0)
+redis.call('EXPIRE', key, ttl_s)
+redis.call('ZADD', prefix .. 'tag:' .. lane, tag_text, member)
+redis.call('ZADD', prefix .. 'age:' .. lane, now, member)
+add_cost(lane, tonumber(ARGV[12]))
+return 1
+"""
+
+# ARGV: mode ('claim' or 'peek'), worker, token, lease_ms, then per lane in LANE_ORDER:
+# name, allowed (1/0), aged after (ms), max wait (ms); then the excluded tiers.
+# Reclaims expired leases first (in enqueue order, as MemoryQueue walks its entries),
+# then picks as FairQueue.peek does; a claim then applies FairQueue.pop.
+_TAKE = """
+local mode, worker, token, lease_ms = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
+local SCAN_LIMIT, SCAN_CHUNK = tonumber(ARGV[8]), tonumber(ARGV[9])
+local lanes, allowed, aged_after, max_wait = {}, {}, {}, {}
+for i = 0, 2 do
+  local lane = ARGV[10 + i * 4]
+  lanes[i + 1] = lane
+  allowed[lane] = ARGV[11 + i * 4] == '1'
+  aged_after[lane] = tonumber(ARGV[12 + i * 4])
+  max_wait[lane] = tonumber(ARGV[13 + i * 4])
+end
+local excluded = {}
+for i = 22, #ARGV do excluded[ARGV[i]] = true end
+
+local expired = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', prefix .. 'leased', '-inf', now)) do
+  local order = tonumber(redis.call('HGET', job_key(id), 'order'))
+  if order then
+    table.insert(expired, {id, order})
+  else
+    redis.call('ZREM', prefix .. 'leased', id)
+  end
+end
+table.sort(expired, function(a, b) return a[2] < b[2] end)
+for _, item in ipairs(expired) do
+  local key = job_key(item[1])
+  if redis.call('HGET', key, 'cancelled') == '1' then
+    drop(item[1], key)
+  else
+    restore(item[1], key)
+  end
+end
+
+local running, orphans = {}, {}
+local function eligible(member, lane)
+  local f = redis.call('HMGET', job_key(id_of(member)), 'tier', 'user', 'max_running')
+  if not f[1] then
+    table.insert(orphans, {lane, member})
+    return false
+  end
+  if excluded[f[1]] then return false end
+  local cap = tonumber(f[3])
+  if cap <= 0 then return true end
+  local count = running[f[2]]
+  if count == nil then
+    count = tonumber(redis.call('GET', prefix .. 'running:' .. f[2])) or 0
+    running[f[2]] = count
+  end
+  return count < cap
+end
+
+-- The first eligible member of a sorted set (with its score), by score up to cutoff
+-- when one is given, looking at SCAN_LIMIT members at most.
+local function first_eligible(key, lane, cutoff)
+  local offset = 0
+  while offset < SCAN_LIMIT do
+    local n = math.min(SCAN_CHUNK, SCAN_LIMIT - offset)
+    local found
+    if cutoff then
+      found = redis.call('ZRANGEBYSCORE', key, '-inf', cutoff, 'WITHSCORES', 'LIMIT', offset, n)
+    else
+      found = redis.call('ZRANGE', key, offset, offset + n - 1, 'WITHSCORES')
+    end
+    for j = 1, #found, 2 do
+      if eligible(found[j], lane) then return found[j], tonumber(found[j + 1]) end
+    end
+    if #found < 2 * n then return nil end
+    offset = offset + n
+  end
+  return nil
+end
+
+local chosen, chosen_lane, best_deadline, best_seq
+for _, lane in ipairs(lanes) do
+  if allowed[lane] then
+    local member, enq = first_eligible(prefix .. 'age:' .. lane, lane, now - aged_after[lane])
+    if member then
+      local deadline, seq = enq + max_wait[lane], seq_of(member)
+      if not chosen or deadline < best_deadline
+          or (deadline == best_deadline and seq < best_seq) then
+        chosen, chosen_lane, best_deadline, best_seq = member, lane, deadline, seq
+      end
+    end
+  end
+end
+if not chosen then
+  for _, lane in ipairs(lanes) do
+    if allowed[lane] then
+      chosen = first_eligible(prefix .. 'tag:' .. lane, lane, nil)
+      if chosen then
+        chosen_lane = lane
+        break
+      end
+    end
+  end
+end
+for _, orphan in ipairs(orphans) do
+  redis.call('ZREM', prefix .. 'tag:' .. orphan[1], orphan[2])
+  redis.call('ZREM', prefix .. 'age:' .. orphan[1], orphan[2])
+end
+if not chosen then return false end
+
+local id = id_of(chosen)
+local key = job_key(id)
+local f = redis.call('HMGET', key, 'payload', 'user', 'tag', 'enq', 'cost_us', 'checkpoint')
+if mode == 'peek' then
+  return {id, f[1], (now - tonumber(f[4]) >= aged_after[chosen_lane]) and 1 or 0}
+end
+redis.call('ZREM', prefix .. 'tag:' .. chosen_lane, chosen)
+redis.call('ZREM', prefix .. 'age:' .. chosen_lane, chosen)
+add_cost(chosen_lane, -tonumber(f[5]))
+local vtime_key = prefix .. 'vtime'
+if tonumber(f[3]) > (tonumber(redis.call('HGET', vtime_key, chosen_lane)) or 0) then
+  redis.call('HSET', vtime_key, chosen_lane, f[3])
+  redis.call('ZREMRANGEBYSCORE', prefix .. 'finish:' .. chosen_lane, '-inf', f[3])
+end
+local running_key = prefix .. 'running:' .. f[2]
+redis.call('INCR', running_key)
+redis.call('EXPIRE', running_key, ttl_s)
+local attempt = redis.call('HINCRBY', key, 'attempt', 1)
+local expires = now + lease_ms
+redis.call('HSET', key, 'state', 'leased', 'token', token, 'worker', worker, 'expires', expires)
+redis.call('EXPIRE', key, ttl_s)
+redis.call('ZADD', prefix .. 'leased', expires, id)
+return {id, f[1], attempt, expires, f[6]}
+"""
+
+# ARGV: id, token, lease_ms. Returns the new expiry, or why the lease is not held.
+_RENEW = """
+local id = ARGV[4]
+local key = job_key(id)
+local why = problem(key, ARGV[5])
+if why then return why end
+local expires = now + tonumber(ARGV[6])
+redis.call('HSET', key, 'expires', expires)
+redis.call('EXPIRE', key, ttl_s)
+redis.call('ZADD', prefix .. 'leased', expires, id)
+redis.call('EXPIRE', prefix .. 'running:' .. redis.call('HGET', key, 'user'), ttl_s)
+return expires
+"""
+
+# ARGV: id, token.
+_ACK = """
+local key = job_key(ARGV[4])
+local why = problem(key, ARGV[5])
+if why then return why end
+drop(ARGV[4], key)
+return 'ok'
+"""
+
+# ARGV: id, token, has checkpoint (1/0), checkpoint bytes. A cancelled job is dropped.
+_REQUEUE = """
+local id = ARGV[4]
+local key = job_key(id)
+local why = problem(key, ARGV[5])
+if why then return why end
+if redis.call('HGET', key, 'cancelled') == '1' then
+  drop(id, key)
+  return 'ok'
+end
+if ARGV[6] == '1' then
+  redis.call('HSET', key, 'checkpoint', ARGV[7])
+else
+  redis.call('HDEL', key, 'checkpoint')
+end
+restore(id, key)
+return 'ok'
+"""
+
+# ARGV: id. A queued job is dropped, a leased one flagged; 0 if unknown.
+_CANCEL = """
+local key = job_key(ARGV[4])
+local f = redis.call('HMGET', key, 'state', 'lane', 'member', 'cost_us')
+if not f[1] then return 0 end
+if f[1] == 'queued' then
+  redis.call('ZREM', prefix .. 'tag:' .. f[2], f[3])
+  redis.call('ZREM', prefix .. 'age:' .. f[2], f[3])
+  redis.call('DEL', key)
+  add_cost(f[2], -tonumber(f[4]))
+else
+  redis.call('HSET', key, 'cancelled', 1)
+  redis.call('EXPIRE', key, ttl_s)
+end
+return 1
+"""
+
+# ARGV: id. The 0-based rank in its lane's (start tag, sequence) order, or nil.
+_POSITION = """
+local f = redis.call('HMGET', job_key(ARGV[4]), 'state', 'lane', 'member')
+if f[1] ~= 'queued' then return false end
+return redis.call('ZRANK', prefix .. 'tag:' .. f[2], f[3])
+"""
+
+
+class RedisQueue:
+    """The :class:`~backend.queue.base.JobQueue` contract over Redis, with the memory
+    backend's semantics; several processes may share one namespace."""
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        namespace: str,
+        aging: AgingPolicy = DEFAULT_AGING,
+        now_ms: Callable[[], int] = wall_ms,
+    ) -> None:
+        if client.connection_pool.connection_kwargs.get("decode_responses"):
+            # Checkpoints are raw bytes; a decoding client would mangle them.
+            raise QueueError("RedisQueue needs a client with decode_responses=False")
+        self._client = client
+        self._owns_client = False
+        self._namespace = namespace
+        self._prefix = f"{namespace}:q:"
+        self._aging = aging
+        self._now_ms = now_ms
+        self._changed = asyncio.Event()
+        register = client.register_script
+        self._enqueue = register(_PRELUDE + _ENQUEUE)
+        self._take = register(_PRELUDE + _TAKE)
+        self._renew = register(_PRELUDE + _RENEW)
+        self._ack = register(_PRELUDE + _ACK)
+        self._requeue = register(_PRELUDE + _REQUEUE)
+        self._cancel = register(_PRELUDE + _CANCEL)
+        self._position = register(_PRELUDE + _POSITION)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        namespace: str,
+        aging: AgingPolicy = DEFAULT_AGING,
+        now_ms: Callable[[], int] = wall_ms,
+    ) -> RedisQueue:
+        """A queue over its own client of ``url``, closed by :meth:`close`."""
+        queue = cls(Redis.from_url(url), namespace=namespace, aging=aging, now_ms=now_ms)
+        queue._owns_client = True
+        return queue
+
+    @property
+    def namespace(self) -> str:
+        """The key prefix this queue lives under (before ``:q:``)."""
+        return self._namespace
+
+    @property
+    def aging(self) -> AgingPolicy:
+        """The wait bounds the claim script ages jobs by."""
+        return self._aging
+
+    def key(self, suffix: str) -> str:
+        """The full Redis key of ``suffix`` (``"job:<id>"``, ``"tag:realtime"``...)."""
+        return self._prefix + suffix
+
+    async def enqueue(self, job: Job) -> bool:
+        added = await self._run(
+            self._enqueue,
+            job.id,
+            job.to_json(),
+            job.lane.value,
+            str(job.user_id),
+            job.tier,
+            repr(float(job.cost_s)),
+            repr(float(job.weight)),
+            job.max_running,
+            _micros(job.cost_s),
+            repr(MIN_COST_S),
+        )
+        if added:
+            self._notify()
+        return bool(added)
+
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        lease_s: float,
+        wait_s: float = 0.0,
+        allow: ClaimFilter = EVERYTHING,
+    ) -> Lease | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            changed = self._changed  # taken first: a change during the take still wakes us
+            token = secrets.token_hex(8)
+            reply = await self._run(
+                self._take, "claim", worker_id, token, int(lease_s * 1000), *self._filter(allow)
+            )
+            remaining = deadline - loop.time()
+            if reply or remaining <= 0:
+                return _lease(reply, worker_id, token) if reply else None
+            try:
+                await asyncio.wait_for(changed.wait(), timeout=min(remaining, POLL_INTERVAL_S))
+            except TimeoutError:
+                continue
+
+    async def peek(self, allow: ClaimFilter = EVERYTHING) -> Head | None:
+        reply = await self._run(self._take, "peek", "", "", 0, *self._filter(allow))
+        if not reply:
+            return None
+        _, payload, aged = reply
+        return Head(Job.from_json(payload.decode()), bool(aged))
+
+    async def renew(self, lease: Lease, *, lease_s: float) -> Lease:
+        reply = await self._run(self._renew, lease.job.id, lease.token, int(lease_s * 1000))
+        _check_held(lease, reply)
+        return replace(lease, expires_at_ms=int(reply))
+
+    async def ack(self, lease: Lease) -> None:
+        _check_held(lease, await self._run(self._ack, lease.job.id, lease.token))
+        self._notify()  # the user may be under their running cap again
+
+    async def requeue(self, lease: Lease, *, checkpoint: bytes | None = None) -> None:
+        has = "0" if checkpoint is None else "1"
+        reply = await self._run(self._requeue, lease.job.id, lease.token, has, checkpoint or b"")
+        _check_held(lease, reply)
+        self._notify()
+
+    async def cancel(self, job_id: str) -> bool:
+        return bool(await self._run(self._cancel, job_id))
+
+    async def is_cancelled(self, job_id: str) -> bool:
+        flag = await self._command(self._client.hget(self.key(f"job:{job_id}"), "cancelled"))
+        return bool(flag == b"1")
+
+    async def depth(self, lane: Lane | None = None) -> int:
+        lanes = LANE_ORDER if lane is None else (lane,)
+        pipe = self._client.pipeline(transaction=False)
+        for one in lanes:
+            pipe.zcard(self.key(f"tag:{one.value}"))
+        return sum(await self._command(pipe.execute()))
+
+    async def position(self, job_id: str) -> int | None:
+        rank = await self._run(self._position, job_id)
+        return None if rank is None else int(rank)
+
+    async def queued_cost_s(self, lane: Lane | None = None) -> float:
+        lanes = LANE_ORDER if lane is None else (lane,)
+        values = await self._command(
+            self._client.hmget(self.key("cost"), [one.value for one in lanes])
+        )
+        return sum(max(0, int(value or 0)) for value in values) / 1e6
+
+    async def purge(self) -> int:
+        """Delete every key of this namespace's queue (benchmarks, tests); how many."""
+        keys = [key async for key in self._client.scan_iter(match=f"{self._prefix}*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await self._command(self._client.delete(*keys[start : start + 1000]))
+        return len(keys)
+
+    async def close(self) -> None:
+        self._notify()
+        if self._owns_client:
+            await self._client.aclose()
+
+    def _filter(self, allow: ClaimFilter) -> list[str | int]:
+        args: list[str | int] = [SCAN_LIMIT, SCAN_CHUNK]
+        for lane in LANE_ORDER:
+            args += [
+                lane.value,
+                "1" if lane in allow.lanes else "0",
+                self._aging.aged_after_ms(lane),
+                self._aging.max_wait_ms[lane],
+            ]
+        return args + sorted(allow.exclude_tiers)
+
+    async def _run(self, script: AsyncScript, *args: str | int | bytes) -> Any:
+        return await self._command(script(args=[self._prefix, self._now_ms(), JOB_TTL_S, *args]))
+
+    async def _command(self, pending: Any) -> Any:
+        try:
+            return await pending
+        except RedisError as exc:
+            raise QueueError(f"queue {self._namespace!r}: Redis failed: {exc}") from exc
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
+def _micros(seconds: float) -> int:
+    return round(seconds * 1_000_000)
+
+
+def _lease(reply: Sequence[Any], worker_id: str, token: str) -> Lease:
+    _, payload, attempt, expires_at_ms, checkpoint = reply
+    return Lease(
+        job=Job.from_json(payload.decode()),
+        worker_id=worker_id,
+        token=token,
+        attempt=int(attempt),
+        expires_at_ms=int(expires_at_ms),
+        checkpoint=checkpoint,
+    )
+
+
+def _check_held(lease: Lease, reply: Any) -> None:
+    if reply == b"lost":
+        raise QueueError(f"lease on job {lease.job.id} is no longer held by {lease.worker_id}")
+    if reply == b"expired":
+        raise QueueError(f"lease on job {lease.job.id} expired")
