@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from backend.models import Lane
+from config.settings import SchedulerSettings
 
 LANE_ORDER: tuple[Lane, ...] = (Lane.REALTIME, Lane.BATCH, Lane.BACKGROUND)
 MIN_COST_S = 1e-3
@@ -61,6 +62,21 @@ class AgingPolicy:
     @classmethod
     def from_seconds(cls, max_wait_s: Mapping[Lane, float], fraction: float) -> AgingPolicy:
         return cls({lane: int(s * 1000) for lane, s in max_wait_s.items()}, fraction)
+
+    @classmethod
+    def from_settings(cls, scheduler: SchedulerSettings) -> AgingPolicy:
+        """Each lane's wait bound and the aging fraction, as the settings give them."""
+        return cls.from_seconds(
+            {
+                Lane.REALTIME: scheduler.realtime_max_wait_s,
+                Lane.BATCH: scheduler.batch_max_wait_s,
+                Lane.BACKGROUND: scheduler.background_max_wait_s,
+            },
+            scheduler.aging_fraction,
+        )
+
+    def max_wait_s(self, lane: Lane) -> float:
+        return self.max_wait_ms[lane] / 1000
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from backend.lanes import CostModel, LaneDecision, StepModel, classify, rows_for
 from backend.models import SEED_MAX, Job, JobSpec, Lane
 from backend.queue.base import JobQueue
 from backend.ratelimit import Admission
-from config.settings import Settings
+from config.settings import Settings, TierSettings
 from storage.db import Database
 
 log = structlog.get_logger(__name__)
@@ -84,19 +84,13 @@ class GenerationService:
         ``meta`` carries an image-to-image job's ``source_image`` path and ``strength``.
         """
         self.catalog.get(spec.model)
-        user = await self.db.users.ensure(user_id)
-        tier_name = (
-            user.tier
-            if user.tier in self.settings.scheduler.tiers
-            else (self.settings.scheduler.default_tier)
-        )
-        tier = self.settings.scheduler.tiers[tier_name]
+        tier_name, tier = await self._tier(user_id)
         resolved = self.catalog.resolve(spec)
         factor = self._steps_factor()
         if factor < 1.0 and resolved.steps is not None:
             spec = replace(spec, steps=max(1, round(resolved.steps * factor)))
             resolved = replace(resolved, steps=spec.steps)
-        decision = await self._classify(resolved, user_id, tier_name)
+        decision = await self._classify(resolved, user_id, tier_name, tier)
         if self.admission is not None:
             await self.admission.admit(
                 user_id=user_id,
@@ -144,11 +138,31 @@ class GenerationService:
         )
         return job
 
-    async def _classify(self, spec: JobSpec, user_id: int, tier_name: str) -> LaneDecision:
+    async def _tier(self, user_id: int) -> tuple[str, TierSettings]:
+        """The user's tier (created on first sight); a tier the settings no longer
+        declare counts as the default tier."""
+        user = await self.db.users.ensure(user_id)
+        scheduler = self.settings.scheduler
+        name = user.tier if user.tier in scheduler.tiers else scheduler.default_tier
+        return name, scheduler.tiers[name]
+
+    def _cost_s(self, resolved: JobSpec) -> float:
+        """Estimated device-seconds of a catalog-resolved spec running alone."""
+        assert resolved.model is not None
+        assert resolved.steps is not None
+        return self.cost.job_cost_s(
+            resolved.model,
+            steps=resolved.steps,
+            rows=rows_for(resolved.n, resolved.guidance),
+            width=resolved.width,
+            height=resolved.height,
+        )
+
+    async def _classify(
+        self, spec: JobSpec, user_id: int, tier_name: str, tier: TierSettings
+    ) -> LaneDecision:
         """The lane from the estimated cost, the requested speed, the tier and what is
         left of the user's fast budget this month; a job no device holds is refused."""
-        assert spec.model is not None
-        assert spec.steps is not None
         rows = rows_for(spec.n, spec.guidance)
         limit = self.settings.engine.max_batch_rows
         if rows > limit:
@@ -157,10 +171,7 @@ class GenerationService:
                 f"{', guided' if rows > spec.n else ''}); a device holds at most {limit}:"
                 " ask for fewer samples with --n"
             )
-        cost_s = self.cost.job_cost_s(
-            spec.model, steps=spec.steps, rows=rows, width=spec.width, height=spec.height
-        )
-        tier = self.settings.scheduler.tiers[tier_name]
+        cost_s = self._cost_s(spec)
         fast_left = None
         if tier.fast_budget_gpu_s is not None:
             used = await self.db.usage.get(user_id, usage_month(wall_ms()))
@@ -176,20 +187,8 @@ class GenerationService:
         resumes from the checkpoint SQLite kept for it, if any. Returns how many."""
         restored = 0
         for row in await self.db.jobs.list_by_state("queued", "running"):
-            user = await self.db.users.ensure(row.user_id)
-            tiers = self.settings.scheduler.tiers
-            tier_name = user.tier if user.tier in tiers else self.settings.scheduler.default_tier
+            tier_name, tier = await self._tier(row.user_id)
             spec = JobSpec.from_json(row.spec_json)
-            resolved = self.catalog.resolve(spec)
-            assert resolved.model is not None
-            assert resolved.steps is not None
-            cost_s = self.cost.job_cost_s(
-                resolved.model,
-                steps=resolved.steps,
-                rows=rows_for(resolved.n, resolved.guidance),
-                width=resolved.width,
-                height=resolved.height,
-            )
             job = Job(
                 id=row.id,
                 spec=spec,
@@ -200,9 +199,9 @@ class GenerationService:
                 channel_id=row.channel_id,
                 submitted_at_ms=row.submitted_at_ms,
                 meta=row.meta,
-                cost_s=cost_s,
-                weight=tiers[tier_name].weight,
-                max_running=tiers[tier_name].max_running,
+                cost_s=self._cost_s(self.catalog.resolve(spec)),
+                weight=tier.weight,
+                max_running=tier.max_running,
             )
             if await self.queue.enqueue(job):
                 restored += 1

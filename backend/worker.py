@@ -25,6 +25,7 @@ from backend.engine.types import EngineEvent, Outcome, Request
 from backend.errors import BackendError, QueueError
 from backend.events import EventBus, EventKind, JobEvent
 from backend.grid import encode_png, make_grid
+from backend.lanes import rows_for
 from backend.models import Job, JobState
 from backend.queue.base import EVERYTHING, ClaimFilter, JobQueue, Lease
 from storage.db import Database
@@ -228,7 +229,7 @@ class DeviceWorker:
             # The queue lost it (Redis flushed, the job reconciled from SQLite): SQLite
             # keeps the last checkpoint of a preempted job.
             checkpoint = await self._db.jobs.checkpoint(job.id)
-        self._flights[job.id] = _Flight(lease, _rows(job))
+        self._flights[job.id] = _Flight(lease, rows_for(job.spec.n, job.spec.guidance))
         await self._db.jobs.mark_started(job.id)
         log.info("job_claimed", job_id=job.id, attempt=lease.attempt, resumed=bool(checkpoint))
         self._engine.submit(request, checkpoint)
@@ -395,9 +396,3 @@ class DeviceWorker:
             return
         if cancelled and not flight.stopping:
             self.cancel(job_id)
-
-
-def _rows(job: Job) -> int:
-    # Unknown guidance counts as guided (two rows per sample): claim conservatively.
-    guided = job.spec.guidance is None or job.spec.guidance > 1.0
-    return job.spec.n * (2 if guided else 1)

@@ -41,7 +41,7 @@ from backend.bench.sim import (
 )
 from backend.bench.trace import TraceJob, load_trace, synthetic_trace
 from backend.errors import BadInputError
-from backend.fairness import LANE_ORDER
+from backend.fairness import LANE_ORDER, AgingPolicy
 from backend.lanes import CostModel, StepModel, StepTimes, rows_for
 from backend.models import Lane
 from config.settings import SchedulerSettings, Settings
@@ -66,14 +66,6 @@ def wait_s(job: SimJob) -> float:
 def sojourn_s(job: SimJob) -> float:
     assert job.finish_s is not None
     return job.finish_s - job.trace.t_s
-
-
-def lane_bound_s(lane: Lane, settings: SchedulerSettings) -> float:
-    return {
-        Lane.REALTIME: settings.realtime_max_wait_s,
-        Lane.BATCH: settings.batch_max_wait_s,
-        Lane.BACKGROUND: settings.background_max_wait_s,
-    }[lane]
 
 
 def jain_index(values: Sequence[float]) -> float:
@@ -151,6 +143,7 @@ def policy_metrics(
     lowest = min(settings.tiers, key=lambda name: settings.tiers[name].weight)
     lowest_jobs = [job for job in jobs if job.trace.tier == lowest]
     jain, windows = windowed_jain(stats, weights, window_s)
+    aging = AgingPolicy.from_settings(settings)
     span = max(job.finish_s or 0.0 for job in jobs) - min(job.trace.t_s for job in jobs)
     queued = stats.busy_queued_s + stats.idle_queued_s
     long_jobs = [job for job in jobs if job.lane is not Lane.REALTIME]
@@ -164,7 +157,7 @@ def policy_metrics(
         "jain_windows": windows,
         "max_wait_lowest_tier_s": round(max((wait_s(j) for j in lowest_jobs), default=0.0), 3),
         "lowest_tier_bound_ratio": round(
-            max((wait_s(j) / lane_bound_s(j.lane, settings) for j in lowest_jobs), default=0.0),
+            max((wait_s(j) / aging.max_wait_s(j.lane) for j in lowest_jobs), default=0.0),
             3,
         ),
         "long_mean_completion_s": round(statistics.fmean(sojourn_s(j) for j in long_jobs), 3)

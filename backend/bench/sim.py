@@ -425,17 +425,6 @@ def build_jobs(
     return jobs
 
 
-def aging_policy(settings: SchedulerSettings) -> AgingPolicy:
-    return AgingPolicy.from_seconds(
-        {
-            Lane.REALTIME: settings.realtime_max_wait_s,
-            Lane.BATCH: settings.batch_max_wait_s,
-            Lane.BACKGROUND: settings.background_max_wait_s,
-        },
-        settings.aging_fraction,
-    )
-
-
 def make_dispatcher(name: str, settings: SchedulerSettings) -> Dispatcher:
     if name == "fifo":
         return FifoDispatcher(batching=False, by_lane=False)
@@ -444,7 +433,7 @@ def make_dispatcher(name: str, settings: SchedulerSettings) -> Dispatcher:
     if name == "priority":
         return FifoDispatcher(batching=True, by_lane=True)
     if name in ("fair_nopreempt", "ours"):
-        return FairDispatcher(aging_policy(settings), preempting=name == "ours")
+        return FairDispatcher(AgingPolicy.from_settings(settings), preempting=name == "ours")
     raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
 
 

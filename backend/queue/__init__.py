@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from backend.fairness import AgingPolicy
-from backend.models import Lane
 from backend.queue.base import JobQueue, Lease
 from backend.queue.memory import MemoryQueue
 from backend.queue.redis import RedisQueue
@@ -16,14 +15,7 @@ __all__ = ["JobQueue", "Lease", "MemoryQueue", "RedisQueue", "aging_policy", "ma
 
 def aging_policy(scheduler: SchedulerSettings) -> AgingPolicy:
     """Each lane's wait bound and the aging fraction, as the settings give them."""
-    return AgingPolicy.from_seconds(
-        {
-            Lane.REALTIME: scheduler.realtime_max_wait_s,
-            Lane.BATCH: scheduler.batch_max_wait_s,
-            Lane.BACKGROUND: scheduler.background_max_wait_s,
-        },
-        scheduler.aging_fraction,
-    )
+    return AgingPolicy.from_settings(scheduler)
 
 
 def _redis(settings: Settings, aging: AgingPolicy) -> JobQueue:

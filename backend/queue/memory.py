@@ -14,10 +14,9 @@ from backend.errors import QueueError
 from backend.fairness import EVERYTHING, AgingPolicy, ClaimFilter, FairQueue, Ticket
 from backend.models import Job, Lane
 from backend.queue.base import Head, Lease
+from config.settings import SchedulerSettings
 
-DEFAULT_AGING = AgingPolicy.from_seconds(
-    {Lane.REALTIME: 30.0, Lane.BATCH: 300.0, Lane.BACKGROUND: 3600.0}, 0.5
-)
+DEFAULT_AGING = AgingPolicy.from_settings(SchedulerSettings())
 
 
 @dataclass(slots=True)
