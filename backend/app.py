@@ -13,6 +13,8 @@ from backend.catalog import ModelCatalog
 from backend.clock import monotonic_s
 from backend.degrade import DegradeController
 from backend.events import EventBus
+from backend.levelstore import make_level_store
+from backend.loadwatch import LoadWatcher
 from backend.queue import JobQueue, make_queue
 from backend.ratelimit import Admission, make_buckets
 from backend.service import GenerationService
@@ -44,20 +46,25 @@ async def open_backend(settings: Settings, *, local_worker: bool = True) -> Asyn
     """The backend with, in the embedded mode, a worker for this machine's device.
 
     Torch is imported only when a local worker starts, so a front end without one
-    stays light.
+    stays light. The load watcher samples from the start; workers join its device
+    list as they start.
     """
     catalog = ModelCatalog(settings)
-    async with Database.open(settings.database_path) as db:
+    async with Database.open(settings.database_path) as db, contextlib.AsyncExitStack() as stack:
         images = ImageStore(settings.images_dir)
-        queue = make_queue(settings)
-        events = EventBus()
-        degrade = DegradeController(settings, db, monotonic_s)
-        await degrade.load()
         redis_client = None
         if settings.queue.backend is QueueBackend.REDIS:
             from redis.asyncio import Redis
 
             redis_client = Redis.from_url(settings.queue.redis_url.get_secret_value())
+            stack.push_async_callback(redis_client.aclose)
+        queue = make_queue(settings)
+        stack.push_async_callback(queue.close)
+        events = EventBus()
+        degrade = DegradeController(
+            settings, db, monotonic_s, store=make_level_store(settings, redis_client)
+        )
+        await degrade.load()
         service = GenerationService(
             settings,
             db,
@@ -68,18 +75,13 @@ async def open_backend(settings: Settings, *, local_worker: bool = True) -> Asyn
             steps_factor=lambda: degrade.restrictions.steps_factor,
         )
         backend = Backend(settings, db, images, queue, catalog, events, service, degrade)
-        try:
-            restored = await service.reconcile()
-            if restored:
-                log.warning("jobs_reconciled", count=restored)
-            async with contextlib.AsyncExitStack() as stack:
-                if local_worker:
-                    await stack.enter_async_context(_local_worker(backend))
-                yield backend
-        finally:
-            await queue.close()
-            if redis_client is not None:
-                await redis_client.aclose()
+        restored = await service.reconcile()
+        if restored:
+            log.warning("jobs_reconciled", count=restored)
+        await stack.enter_async_context(LoadWatcher(degrade, queue, db, backend.workers))
+        if local_worker:
+            await stack.enter_async_context(_local_worker(backend))
+        yield backend
 
 
 @contextlib.asynccontextmanager
@@ -89,6 +91,7 @@ async def _local_worker(backend: Backend) -> AsyncIterator[None]:
 
     from backend.engine.device import make_engine_factory
     from backend.engine.registry import ModelRegistry, pick_devices
+    from backend.preemption import Rules
     from backend.worker import DeviceWorker, WorkerConfig
 
     settings = backend.settings
@@ -109,6 +112,9 @@ async def _local_worker(backend: Backend) -> AsyncIterator[None]:
                 upscale_strength=engine.upscale_strength,
                 max_source_pixels=engine.max_source_pixels,
                 allow=lambda: backend.degrade.restrictions.claim_filter,
+                preemption=Rules.from_settings(settings.scheduler),
+                on_step=backend.service.record_step,
+                on_start=backend.service.job_started,
             )
             worker = DeviceWorker(
                 config,
@@ -122,7 +128,13 @@ async def _local_worker(backend: Backend) -> AsyncIterator[None]:
             log.info("worker_starting", device=str(device), worker_id=config.worker_id)
             await stack.enter_async_context(worker)
             backend.workers.append(worker)
+        workers = list(backend.workers)
+        if workers:
+            backend.service.device_delay_s = lambda job: min(
+                worker.start_delay_s(job) for worker in workers
+            )
         try:
             yield
         finally:
+            backend.service.device_delay_s = None
             backend.workers.clear()

@@ -16,12 +16,15 @@ admin override pins the level; the automatic level keeps following the load bene
 it and takes over again when the override is cleared.
 
 :class:`DegradeController` owns a ladder for the service: it persists the override,
-logs transitions and tells subscribers. :class:`LoadMeter` turns raw observations
-(job waits, device busy samples) into the :class:`LoadSample` the ladder reads.
+shares it and the automatic level with the other processes through a
+``backend.levelstore.LevelStore``, logs transitions and tells subscribers.
+``backend.loadwatch.LoadWatcher`` samples the load and feeds it.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,10 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from backend.errors import BackendError
 from backend.fairness import EVERYTHING, ClaimFilter
 from backend.models import Lane
 
 if TYPE_CHECKING:
+    from backend.levelstore import LevelStore
     from config.settings import DegradeSettings, Settings
     from storage.db import Database
 
@@ -41,8 +46,9 @@ log = structlog.get_logger(__name__)
 
 OVERRIDE_KEY = "degrade_override"
 DEFAULT_HISTORY_LEN = 50
-DEFAULT_WINDOW_S = 300.0
-P95_PERCENT = 95
+# A process's published level lasts this many sampling intervals: one missed sample
+# (a slow Redis round trip) does not drop it, a dead process stops counting soon.
+HOST_TTL_INTERVALS = 3
 
 
 class Level(StrEnum):
@@ -266,13 +272,92 @@ class Override:
         return {"level": self.level.value, "actor": self.actor_id, "at_ms": self.at_ms}
 
 
+@dataclass(frozen=True, slots=True)
+class Cleared:
+    """An admin handed the level back to the load.
+
+    Kept where hosts share the override, so that a host restarting after the clear does
+    not bring back the pin its own database still holds.
+    """
+
+    actor_id: int
+    at_ms: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"level": None, "actor": self.actor_id, "at_ms": self.at_ms}
+
+
+OverrideRecord = Override | Cleared
+
+
+def override_from_dict(value: object) -> OverrideRecord:
+    """The record stored as ``value`` (``level`` None: a clear); ValueError if it is none."""
+    if not isinstance(value, dict):
+        raise ValueError(f"not an override record: {value!r}")
+    try:
+        actor_id, at_ms, level = int(value["actor"]), int(value["at_ms"]), value["level"]
+        return (
+            Cleared(actor_id, at_ms) if level is None else Override(Level(level), actor_id, at_ms)
+        )
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ValueError(f"not an override record: {value!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class HostLoad:
+    """What one process shares with the others: its automatic level and the load behind it.
+
+    ``devices`` counts its local workers; a front end without any shares zero.
+    """
+
+    auto_level: Level
+    sample: LoadSample
+    devices: int
+
+    def to_dict(self) -> dict[str, Any]:
+        sample = self.sample
+        return {
+            "auto": self.auto_level.value,
+            "queue_len": sample.queue_len,
+            "p95_wait_s": sample.p95_wait_s,
+            "utilization": sample.utilization,
+            "devices": self.devices,
+        }
+
+    @classmethod
+    def from_dict(cls, value: object) -> HostLoad:
+        """The load stored as ``value``; ValueError if it is not one."""
+        if not isinstance(value, dict):
+            raise ValueError(f"not a host load: {value!r}")
+        try:
+            sample = LoadSample(
+                int(value["queue_len"]), float(value["p95_wait_s"]), float(value["utilization"])
+            )
+            return cls(Level(value["auto"]), sample, int(value["devices"]))
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ValueError(f"not a host load: {value!r}") from exc
+
+
+def local_host_id() -> str:
+    """This process among the others sharing the level: host name and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _highest(*levels: Level) -> Level:
+    return max(levels, key=lambda level: level.rank)
+
+
 Subscriber = Callable[[Transition], None]
 
 
 class DegradeController:
-    """The service's ladder: persisted override, logged transitions, subscribers.
+    """The service's ladder: shared and persisted override, logged transitions, subscribers.
 
-    ``observe`` is synchronous (no I/O); only the override touches the database.
+    The effective level is the override when one is set, else the highest of this
+    process's automatic level and those the other live processes published to the
+    store (:meth:`pull`); with the in-memory store there are none. ``observe`` is
+    synchronous (no I/O); the override and the sharing go through the database and
+    the store.
     """
 
     def __init__(
@@ -281,13 +366,20 @@ class DegradeController:
         db: Database,
         now_s: Callable[[], float],
         *,
+        store: LevelStore,
+        host_id: str | None = None,
         history_len: int = DEFAULT_HISTORY_LEN,
     ) -> None:
         self.settings = settings
+        self.host_id = host_id if host_id is not None else local_host_id()
+        # Published loads outlive a few missed samples, not a dead process.
+        self.host_ttl_s = HOST_TTL_INTERVALS * settings.degrade.sample_interval_s
         self._db = db
+        self._store = store
         self._now_s = now_s
         self._ladder = Ladder(settings.degrade)
         self._override: Override | None = None
+        self._peer_level = Level.NORMAL
         self._history: deque[Transition] = deque(maxlen=history_len)
         self._subscribers: list[Subscriber] = []
         # Built once: the claim path asks for them on every job start.
@@ -295,11 +387,20 @@ class DegradeController:
 
     @property
     def level(self) -> Level:
-        return self._ladder.level
+        """The effective level: the override, else the highest automatic level."""
+        if self._override is not None:
+            return self._override.level
+        return _highest(self._ladder.auto_level, self._peer_level)
 
     @property
     def auto_level(self) -> Level:
+        """Where this process's own load puts the ladder, override or not."""
         return self._ladder.auto_level
+
+    @property
+    def peer_level(self) -> Level:
+        """The highest automatic level the other live processes published (normal: none)."""
+        return self._peer_level
 
     @property
     def override(self) -> Override | None:
@@ -325,61 +426,146 @@ class DegradeController:
         return unsubscribe
 
     async def load(self) -> None:
-        """Restore the override persisted by an earlier run, if any."""
-        stored = await self._db.state.get(OVERRIDE_KEY)
-        if stored is None:
-            return
+        """Restore the override: the shared record when the store has one, else the copy
+        in this process's database, which then seeds the store. The store failing leaves
+        the database's copy in force until :meth:`pull` reaches the store again."""
+        local = await self._stored_override()
+        shared: OverrideRecord | None
         try:
-            override = Override(Level(stored["level"]), int(stored["actor"]), int(stored["at_ms"]))
-        except (TypeError, KeyError, ValueError):
-            # A bad value must not keep the service from starting; the admin can set it again.
-            log.warning("degrade_override_invalid", value=stored)
-            return
-        self._override = override
-        transition = self._ladder.set_override(override.level, self._now_s(), override.actor_id)
-        log.info(
-            "degrade_override_restored", level=override.level.value, actor_id=override.actor_id
-        )
-        self._publish(transition)
+            shared = await self._store.read_override()
+            if shared is None and local is not None:
+                shared = await self._store.seed_override(local)
+        except BackendError as exc:
+            log.warning("degrade_shared_override_unavailable", error=str(exc))
+            shared = local
+        if shared != local:
+            await self._keep_locally(shared)
+        if isinstance(shared, Override):
+            self._pin(shared, "degrade_override_restored")
 
     def observe(self, sample: LoadSample) -> Transition | None:
         """Feed one load sample; the transition it caused, already published."""
+        before = self.level
         auto_before = self._ladder.auto_level
-        transition = self._ladder.observe(sample, self._now_s())
+        moved = self._ladder.observe(sample, self._now_s())
+        # Without an override the ladder reports every move of its own level, with the reason.
+        transition = self._transition(before, moved.reason) if moved is not None else None
         if transition is None and self._ladder.auto_level is not auto_before:
             log.info(
                 "degrade_auto_level_changed",
                 auto_from=auto_before.value,
                 auto_to=self._ladder.auto_level.value,
-                overridden_at=self.level.value,
+                effective=self.level.value,
             )
-        self._publish(transition)
         return transition
 
     async def set_override(self, level: Level, actor_id: int) -> Transition | None:
-        """Pin the level (persisted first, so a failed write changes nothing)."""
+        """Pin the level everywhere (persisted first, so a failed write changes nothing
+        here; the store is written last, so other processes see only what was persisted)."""
         override = Override(level, actor_id, self._db.now_ms())
         await self._db.state.set(OVERRIDE_KEY, override.to_dict())
-        self._override = override
-        transition = self._ladder.set_override(level, self._now_s(), actor_id)
-        log.info("degrade_override_set", level=level.value, actor_id=actor_id)
-        self._publish(transition)
-        return transition
+        await self._store.write_override(override)
+        return self._pin(override, "degrade_override_set")
 
     async def clear_override(self, actor_id: int) -> Transition | None:
-        """Back to automatic control, from the level the load currently calls for."""
+        """Back to automatic control everywhere, from the level the load calls for."""
         await self._db.state.delete(OVERRIDE_KEY)
-        had = self._override
-        self._override = None
-        transition = self._ladder.clear_override(self._now_s(), actor_id)
-        if had is not None:
-            log.info("degrade_override_cleared", level=had.level.value, actor_id=actor_id)
-        self._publish(transition)
-        return transition
+        await self._store.write_override(Cleared(actor_id, self._db.now_ms()))
+        return self._unpin(actor_id, "degrade_override_cleared")
 
-    def _publish(self, transition: Transition | None) -> None:
-        if transition is None:
+    async def pull(self) -> dict[str, HostLoad]:
+        """Catch up with the store: adopt an override set or cleared by another process,
+        and take the other live processes' automatic levels into account. Returns the
+        live processes' loads, this one's included."""
+        await self._adopt(await self._store.read_override())
+        hosts = await self._store.hosts()
+        others = {host: load for host, load in hosts.items() if host != self.host_id}
+        self._follow_peers(others)
+        return hosts
+
+    async def push(self, sample: LoadSample, devices: int) -> None:
+        """Publish this process's automatic level and load for :attr:`host_ttl_s`."""
+        load = HostLoad(self._ladder.auto_level, sample, devices)
+        await self._store.publish(self.host_id, load, self.host_ttl_s)
+
+    async def withdraw(self) -> None:
+        """Stop sharing this process's level (at shutdown), before its entry expires."""
+        await self._store.withdraw(self.host_id)
+
+    async def _adopt(self, shared: OverrideRecord | None) -> None:
+        current = self._override
+        if shared is None:
+            if current is None:
+                return
+            # The store lost the record (Redis flushed): put ours back, unless another
+            # process did first.
+            shared = await self._store.seed_override(current)
+        if isinstance(shared, Override) and shared != current:
+            await self._keep_locally(shared)
+            self._pin(shared, "degrade_override_adopted")
+        elif isinstance(shared, Cleared) and current is not None:
+            await self._keep_locally(shared)
+            self._unpin(shared.actor_id, "degrade_override_clear_adopted")
+
+    def _follow_peers(self, others: dict[str, HostLoad]) -> None:
+        top_host, top_level = None, Level.NORMAL
+        if self.settings.degrade.auto:
+            for host, load in sorted(others.items()):
+                if load.auto_level.rank > top_level.rank:
+                    top_host, top_level = host, load.auto_level
+        previous = self._peer_level
+        if top_level is previous:
             return
+        before = self.level
+        self._peer_level = top_level
+        if top_level.rank > previous.rank:
+            reason = f"host {top_host} at {top_level.value}"
+        else:
+            reason = f"other hosts at {top_level.value} or below"
+        self._transition(before, reason)
+
+    async def _stored_override(self) -> Override | None:
+        stored = await self._db.state.get(OVERRIDE_KEY)
+        if stored is None:
+            return None
+        try:
+            record = override_from_dict(stored)
+        except ValueError:
+            # A bad value must not keep the service from starting; the admin can set it again.
+            log.warning("degrade_override_invalid", value=stored)
+            return None
+        return record if isinstance(record, Override) else None
+
+    async def _keep_locally(self, record: OverrideRecord | None) -> None:
+        """Mirror the shared record into the database, the fallback of the next start."""
+        if isinstance(record, Override):
+            await self._db.state.set(OVERRIDE_KEY, record.to_dict())
+        else:
+            await self._db.state.delete(OVERRIDE_KEY)
+
+    def _pin(self, override: Override, event: str) -> Transition | None:
+        before = self.level
+        self._override = override
+        self._ladder.set_override(override.level, self._now_s(), override.actor_id)
+        log.info(event, override=override.level.value, actor_id=override.actor_id)
+        return self._transition(before, f"admin override by {override.actor_id}")
+
+    def _unpin(self, actor_id: int, event: str) -> Transition | None:
+        before, had = self.level, self._override
+        self._override = None
+        # The ladder restarts its timers: the first automatic move after a hand-back
+        # waits a full duration.
+        self._ladder.clear_override(self._now_s(), actor_id)
+        if had is not None:
+            log.info(event, override=had.level.value, actor_id=actor_id)
+        return self._transition(before, f"override cleared by {actor_id}")
+
+    def _transition(self, before: Level, reason: str) -> Transition | None:
+        """Publish the move from ``before`` to the effective level, if there was one."""
+        after = self.level
+        if after is before:
+            return None
+        transition = Transition(before, after, reason, self._now_s())
         self._history.append(transition)
         # ``from`` is a keyword, hence the mapping.
         fields = {"from": transition.from_level.value, "to": transition.to_level.value}
@@ -390,54 +576,4 @@ class DegradeController:
             except Exception:
                 # One broken listener must not stop the others or the caller's loop.
                 log.exception("degrade_subscriber_failed", callback=repr(callback))
-
-
-# -- measuring ---------------------------------------------------------------------------
-
-
-class LoadMeter:
-    """Raw observations over a sliding window, read out as a :class:`LoadSample`.
-
-    Feed ``record_wait`` at every job start (how long it queued) and ``record_busy``
-    at every device tick (busy or not, or the fraction of the tick it was busy).
-    """
-
-    def __init__(self, window_s: float = DEFAULT_WINDOW_S) -> None:
-        if window_s <= 0:
-            raise ValueError(f"window_s must be positive, not {window_s}")
-        self.window_s = window_s
-        self._waits: deque[tuple[float, float]] = deque()
-        self._busy: deque[tuple[float, float]] = deque()
-
-    def record_wait(self, wait_s: float, now_s: float) -> None:
-        self._waits.append((now_s, max(0.0, wait_s)))
-        self._prune(now_s)
-
-    def record_busy(self, busy: bool | float, now_s: float) -> None:
-        self._busy.append((now_s, min(1.0, max(0.0, float(busy)))))
-        self._prune(now_s)
-
-    def sample(self, queue_len: int, now_s: float) -> LoadSample:
-        """The load now; an empty window reads as no wait and idle devices."""
-        self._prune(now_s)
-        return LoadSample(queue_len, self.p95_wait_s(), self.utilization())
-
-    def p95_wait_s(self) -> float:
-        """Nearest-rank p95 of the waits in the window (0 when none)."""
-        if not self._waits:
-            return 0.0
-        waits = sorted(wait for _, wait in self._waits)
-        # ceil(0.95 * n) in integers: the float product can land a hair above a whole number.
-        rank = (P95_PERCENT * len(waits) + 99) // 100
-        return waits[rank - 1]
-
-    def utilization(self) -> float:
-        if not self._busy:
-            return 0.0
-        return sum(busy for _, busy in self._busy) / len(self._busy)
-
-    def _prune(self, now_s: float) -> None:
-        oldest_s = now_s - self.window_s
-        for entries in (self._waits, self._busy):
-            while entries and entries[0][0] < oldest_s:
-                entries.popleft()
+        return transition

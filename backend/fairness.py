@@ -134,9 +134,16 @@ class FairQueue:
         self._insert(ticket)
         return ticket
 
-    def restore(self, ticket: Ticket) -> None:
-        """Put back a job that was taken (preempted or lease lost), tags unchanged."""
+    def restore(self, ticket: Ticket, waited_since_ms: int | None = None) -> None:
+        """Put back a job that was taken (preempted or lease lost), tags unchanged.
+
+        A preempted job passes ``waited_since_ms`` (now): its wait, and so its aging,
+        starts again. Otherwise it would come back already aged, outrank the job it
+        made room for and take the device straight back.
+        """
         self._release(ticket.user)
+        if waited_since_ms is not None:
+            ticket.enqueued_at_ms = waited_since_ms
         # A fresh, negative sequence number: its old heap entries go stale, and it
         # sorts before jobs with the same start tag that never ran.
         ticket.seq = -next(self._seq)

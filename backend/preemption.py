@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from backend.fairness import LANE_ORDER
 from backend.models import Lane
+
+if TYPE_CHECKING:
+    from config.settings import SchedulerSettings
 
 
 def rank(lane: Lane, aged: bool) -> int:
@@ -27,6 +31,10 @@ class Rules:
     enabled: bool = True
     min_steps: int = 4
     max_per_job: int = 3
+
+    @classmethod
+    def from_settings(cls, settings: SchedulerSettings) -> Rules:
+        return cls(settings.preemption, settings.preempt_min_steps, settings.preempt_max_per_job)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +58,17 @@ class Running:
     steps_since_resume: int
     preemptions: int
     started_seq: int  # larger: started (or resumed) later
+    remaining_steps: int = 0  # steps left to finish (for start-time estimates)
 
     def movable(self, rules: Rules) -> bool:
         return self.steps_since_resume >= rules.min_steps and self.preemptions < rules.max_per_job
+
+    def steps_until_gone(self, waiting: Candidate, rules: Rules) -> int:
+        """Steps until this job no longer holds the device against ``waiting``: until
+        it may be preempted, or until it finishes if it never may."""
+        if rules.enabled and self.rank > waiting.rank and self.preemptions < rules.max_per_job:
+            return min(max(1, rules.min_steps - self.steps_since_resume), self.remaining_steps)
+        return self.remaining_steps
 
 
 def victims(
@@ -83,3 +99,25 @@ def victims(
         chosen.append(job.job_id)
         free += job.rows
     return chosen if free >= waiting.rows else []
+
+
+def steps_until_start(
+    waiting: Candidate, running: Sequence[Running], capacity_rows: int, rules: Rules
+) -> int:
+    """Steps the running batch takes before ``waiting`` can start, by the same rules as
+    :func:`victims`, if nothing else arrives: 0 for an idle device, 1 when it joins the
+    batch or may preempt it at the next boundary, more while jobs in its way are
+    protected by ``min_steps`` or cannot be preempted at all."""
+    if not running:
+        return 0
+    gone = sorted((job.steps_until_gone(waiting, rules), job.rows) for job in running)
+    if running[0].shape != waiting.shape:
+        return max(1, gone[-1][0])
+    free = capacity_rows - sum(job.rows for job in running)
+    if free >= waiting.rows:
+        return 1
+    for steps, rows in gone:
+        free += rows
+        if free >= waiting.rows:
+            return max(1, steps)
+    return max(1, gone[-1][0])

@@ -12,15 +12,17 @@ from typing import Any
 import structlog
 
 from backend.catalog import ModelCatalog
-from backend.clock import usage_month, wall_ms
+from backend.clock import monotonic_s, usage_month, wall_ms
 from backend.errors import BadInputError, JobFailedError
+from backend.eta import EtaModel, queued_ahead_s
 from backend.events import EventBus, EventKind, JobEvent, Subscription
 from backend.lanes import CostModel, LaneDecision, StepModel, classify, rows_for
 from backend.models import SEED_MAX, Job, JobSpec, Lane
-from backend.queue.base import JobQueue
+from backend.queue.base import LANE_ORDER, JobQueue
 from backend.ratelimit import Admission
 from config.settings import Settings, TierSettings
 from storage.db import Database
+from storage.repos import JobRow
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +34,22 @@ class JobResult:
     job_id: str
     grid_path: str
     sample_paths: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    """Where a queued job stands: its place in its lane (0: next) and when it should
+    start and finish, in seconds from now."""
+
+    job_id: str
+    lane: Lane
+    position: int
+    start_in_s: float
+    finish_in_s: float
+
+
+# Estimates kept for the correction, per job, until the job starts (bounded).
+MAX_TRACKED_ESTIMATES = 100_000
 
 
 class JobKind(StrEnum):
@@ -65,6 +83,10 @@ class GenerationService:
         self.admission = admission
         # The degradation ladder's light level runs fewer steps than asked for.
         self._steps_factor = steps_factor
+        self.eta = EtaModel()
+        # Seconds until a device could take a job (the local workers'), if known.
+        self.device_delay_s: Callable[[Job], float] | None = None
+        self._estimated: dict[str, float] = {}
 
     async def submit(
         self,
@@ -126,7 +148,12 @@ class GenerationService:
         # Marked queued first: a worker may claim it the moment it is enqueued.
         await self.db.jobs.mark_queued(job.id)
         await self.queue.enqueue(job)
-        self.events.publish(JobEvent(job.id, EventKind.QUEUED, at_ms=wall_ms()))
+        self.eta.record_arrival(job.lane, job.cost_s, monotonic_s())
+        status = await self._status_of(job)
+        start_in_s = status.start_in_s if status is not None else None
+        if start_in_s is not None and len(self._estimated) < MAX_TRACKED_ESTIMATES:
+            self._estimated[job.id] = start_in_s
+        self.events.publish(JobEvent(job.id, EventKind.QUEUED, eta_s=start_in_s, at_ms=wall_ms()))
         log.info(
             "job_queued",
             job_id=job.id,
@@ -135,8 +162,43 @@ class GenerationService:
             lane=job.lane.value,
             cost_s=round(decision.cost_s, 3),
             why=decision.reason,
+            position=status.position if status is not None else None,
+            start_in_s=round(start_in_s, 1) if start_in_s is not None else None,
         )
         return job
+
+    async def status(self, job_id: str) -> QueueStatus | None:
+        """A queued job's position and estimated start and finish; None unless queued."""
+        row = await self.db.jobs.get(job_id)
+        if row is None or row.state != "queued":
+            return None
+        job = await self._job_of(row)
+        return await self._status_of(job)
+
+    async def _status_of(self, job: Job) -> QueueStatus | None:
+        """From the queue's position and queued work per lane (see
+        :func:`backend.eta.queued_ahead_s`) and the local devices' running batches."""
+        position = await self.queue.position(job.id)
+        if position is None:
+            return None
+        costs = {lane: await self.queue.queued_cost_s(lane) for lane in LANE_ORDER}
+        depth = await self.queue.depth(job.lane)
+        ahead_s = queued_ahead_s(job.lane, position, costs, depth)
+        blocked_s = self.device_delay_s(job) if self.device_delay_s is not None else 0.0
+        estimate = self.eta.estimate(
+            job.lane, ahead_s, job.cost_s, monotonic_s(), blocked_s=blocked_s
+        )
+        return QueueStatus(job.id, job.lane, position, estimate.start_in_s, estimate.finish_in_s)
+
+    def job_started(self, job: Job, waited_s: float) -> None:
+        """A job took its first step after ``waited_s``: teach the estimate its error."""
+        estimated = self._estimated.pop(job.id, None)
+        if estimated is not None:
+            self.eta.record_start(job.lane, estimated, waited_s)
+
+    def record_step(self, solo_work_s: float, step_s: float) -> None:
+        """A device step did ``solo_work_s`` of work (solo device-seconds) in ``step_s``."""
+        self.eta.record_throughput(solo_work_s, step_s)
 
     async def _tier(self, user_id: int) -> tuple[str, TierSettings]:
         """The user's tier (created on first sight); a tier the settings no longer
@@ -187,28 +249,32 @@ class GenerationService:
         resumes from the checkpoint SQLite kept for it, if any. Returns how many."""
         restored = 0
         for row in await self.db.jobs.list_by_state("queued", "running"):
-            tier_name, tier = await self._tier(row.user_id)
-            spec = JobSpec.from_json(row.spec_json)
-            job = Job(
-                id=row.id,
-                spec=spec,
-                user_id=row.user_id,
-                tier=tier_name,
-                lane=Lane(row.lane),
-                guild_id=row.guild_id,
-                channel_id=row.channel_id,
-                submitted_at_ms=row.submitted_at_ms,
-                meta=row.meta,
-                cost_s=self._cost_s(self.catalog.resolve(spec)),
-                weight=tier.weight,
-                max_running=tier.max_running,
-            )
+            job = await self._job_of(row)
             if await self.queue.enqueue(job):
                 restored += 1
                 if row.state == "running":
                     await self.db.jobs.mark_queued(row.id)
                 log.warning("job_reconciled", job_id=row.id, was=row.state)
         return restored
+
+    async def _job_of(self, row: JobRow) -> Job:
+        """The queue's view of a stored job, with its tier and cost as of now."""
+        tier_name, tier = await self._tier(row.user_id)
+        spec = JobSpec.from_json(row.spec_json)
+        return Job(
+            id=row.id,
+            spec=spec,
+            user_id=row.user_id,
+            tier=tier_name,
+            lane=Lane(row.lane),
+            guild_id=row.guild_id,
+            channel_id=row.channel_id,
+            submitted_at_ms=row.submitted_at_ms,
+            meta=row.meta,
+            cost_s=self._cost_s(self.catalog.resolve(spec)),
+            weight=tier.weight,
+            max_running=tier.max_running,
+        )
 
     async def derive(
         self,

@@ -4,14 +4,22 @@ records what the engine reports (progress, images, failures, preemptions).
 The engine batches jobs at step level, so a worker holds several leases at once: it
 claims while the device has room, renews every lease it holds, and on shutdown
 evicts unfinished jobs back to the queue with their checkpoints.
+
+At each step boundary the worker looks at the most urgent job that wants the device
+(the queue's head, or a job it claimed that waits for the running shape) and, by the
+rules of :mod:`backend.preemption`, evicts less urgent running jobs so that one can
+start at the next boundary; evicted jobs go back to the queue with their checkpoints
+and resume ahead of their lane.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -26,14 +34,17 @@ from backend.errors import BackendError, QueueError
 from backend.events import EventBus, EventKind, JobEvent
 from backend.grid import encode_png, make_grid
 from backend.lanes import rows_for
-from backend.models import Job, JobState
-from backend.queue.base import EVERYTHING, ClaimFilter, JobQueue, Lease
+from backend.models import Job, JobSpec, JobState
+from backend.preemption import Candidate, Rules, Running, rank, steps_until_start, victims
+from backend.queue.base import EVERYTHING, ClaimFilter, Head, JobQueue, Lease
 from storage.db import Database
 from storage.images import ImageStore
 
 log = structlog.get_logger(__name__)
 
 GRID_INDEX = -1
+# Step boundaries whose scheduling overhead is kept for the benchmark and metrics.
+OVERHEAD_SAMPLES = 100_000
 EventSink = Callable[[EngineEvent], None]
 
 
@@ -70,14 +81,44 @@ class WorkerConfig:
     max_source_pixels: int = 4096 * 4096
     # What the device may start now (the degradation ladder's pauses).
     allow: Callable[[], ClaimFilter] = lambda: EVERYTHING
+    # When a more urgent job may take the device from running ones.
+    preemption: Rules = field(default_factory=Rules)
+    # Throughput for start-time estimates: (solo device-seconds of work done in one
+    # step, the step's seconds) at each boundary.
+    on_step: Callable[[float, float], None] | None = None
+    # A job took its first step, after waiting this many seconds since it was queued.
+    on_start: Callable[[Job, float], None] | None = None
 
 
 @dataclass(slots=True)
 class _Flight:
     lease: Lease
     rows: int
+    shape: Hashable  # (model, width, height): jobs batch only with their own shape
     started_s: float = field(default_factory=time.monotonic)
     stopping: bool = False  # evicted or cancelled by us; its final event is pending
+    running: bool = False  # in the engine's running batch (not waiting for its shape)
+    steps_since_resume: int = 0
+    started_seq: int = 0
+    done_steps: int = 0
+
+    @property
+    def rank(self) -> int:
+        return rank(self.lease.job.lane, aged=False)
+
+    def as_running(self) -> Running:
+        # Every claim after the first follows a preemption (or a lost lease).
+        preemptions = self.lease.attempt - 1
+        return Running(
+            self.lease.job.id,
+            self.rank,
+            self.rows,
+            self.shape,
+            self.steps_since_resume,
+            preemptions,
+            self.started_seq,
+            max(0, (self.lease.job.spec.steps or 0) - self.done_steps),
+        )
 
 
 class DeviceWorker:
@@ -107,6 +148,14 @@ class DeviceWorker:
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._engine = engine_factory(self._from_device)
+        self._started_seq = itertools.count(1)
+        self._boundary_pending = False
+        # Seconds spent deciding at each step boundary (queue peek, victims, evictions).
+        self.overhead_s: deque[float] = deque(maxlen=OVERHEAD_SAMPLES)
+        self.boundaries = 0
+        self.preemptions = 0
+        self._last_boundary_s: float | None = None
+        self.step_s = 0.0  # the last step's duration, as seen from here
 
     async def __aenter__(self) -> DeviceWorker:
         self.start()
@@ -164,6 +213,11 @@ class DeviceWorker:
             self._drained.set()
 
     # -- what the scheduler and the service may ask --------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """Whether the worker holds any job (running, or claimed and about to run)."""
+        return bool(self._flights)
 
     def evict(self, job_id: str) -> bool:
         """Take a job off the device at its next step boundary and requeue it."""
@@ -229,7 +283,7 @@ class DeviceWorker:
             # The queue lost it (Redis flushed, the job reconciled from SQLite): SQLite
             # keeps the last checkpoint of a preempted job.
             checkpoint = await self._db.jobs.checkpoint(job.id)
-        self._flights[job.id] = _Flight(lease, rows_for(job.spec.n, job.spec.guidance))
+        self._flights[job.id] = _Flight(lease, _rows(job), _shape(request.spec))
         await self._db.jobs.mark_started(job.id)
         log.info("job_claimed", job_id=job.id, attempt=lease.attempt, resumed=bool(checkpoint))
         self._engine.submit(request, checkpoint)
@@ -257,22 +311,34 @@ class DeviceWorker:
         while True:
             event = await self._inbox.get()
             flight = self._flights.get(event.job_id)
-            if flight is None:
-                continue
-            try:
-                await self._handle(event, flight)
-            except Exception:  # bookkeeping for one job must not stop the others'
-                log.exception("engine_event_failed", job_id=event.job_id, outcome=event.outcome)
+            if flight is not None:
+                try:
+                    await self._handle(event, flight)
+                except Exception:  # bookkeeping for one job must not stop the others'
+                    log.exception("engine_event_failed", job_id=event.job_id, outcome=event.outcome)
+            # One step's events arrive together: decide once they are all in.
+            if self._boundary_pending and self._inbox.empty():
+                await self._at_boundary()
 
     async def _handle(self, event: EngineEvent, flight: _Flight) -> None:
         job = flight.lease.job
         outcome = event.outcome
         if outcome is Outcome.PROGRESS:
+            flight.steps_since_resume += 1
+            flight.done_steps = event.step
+            self._boundary_pending = True
             self._publish(
                 job.id, EventKind.STEP, event.step, event.total, event.eta_s, preview=event.preview
             )
             return
         if outcome is Outcome.STARTED:
+            flight.running = True
+            flight.steps_since_resume = 0
+            flight.done_steps = event.step
+            flight.started_seq = next(self._started_seq)
+            if flight.lease.attempt == 1 and self.config.on_start is not None:
+                waited_s = max(0.0, (wall_ms() - job.submitted_at_ms) / 1000)
+                self.config.on_start(job, waited_s)
             self._publish(job.id, EventKind.STARTED, event.step, event.total)
             return
         with structlog.contextvars.bound_contextvars(
@@ -290,6 +356,95 @@ class DeviceWorker:
                 await self._requeue(flight, event)
                 return
             await self._ack(flight.lease)
+
+    # -- preemption ------------------------------------------------------------------------
+
+    async def _at_boundary(self) -> None:
+        """Once per step boundary: let a more urgent job take the device, if the
+        preemption rules allow; the time it takes is the scheduler's overhead."""
+        self._boundary_pending = False
+        self.boundaries += 1
+        self._measure_step()
+        if not self.config.preemption.enabled or self._stopping.is_set():
+            return
+        started = time.perf_counter()
+        try:
+            await self._preempt_for_urgent()
+        except QueueError as exc:
+            log.warning("preemption_check_failed", error=str(exc))
+        finally:
+            self.overhead_s.append(time.perf_counter() - started)
+
+    def _measure_step(self) -> None:
+        now_s = time.monotonic()
+        last, self._last_boundary_s = self._last_boundary_s, now_s
+        running = [f for f in self._flights.values() if f.running]
+        if last is None or not running:
+            return
+        self.step_s = now_s - last
+        if self.config.on_step is not None:
+            job = [f.lease.job for f in running]
+            work = sum(j.cost_s / max(j.spec.steps or 1, 1) for j in job)
+            self.config.on_step(work, self.step_s)
+
+    def start_delay_s(self, job: Job, *, aged: bool = False) -> float:
+        """Seconds until this device could take ``job`` at a step boundary, by the
+        preemption rules, if nothing else arrives (0 when it is idle)."""
+        running = [f for f in self._flights.values() if f.running and not f.stopping]
+        if not running:
+            return 0.0
+        wanted = Candidate(
+            job.id, rank(job.lane, aged), _rows(job), _shape(self._catalog.resolve(job.spec))
+        )
+        steps = steps_until_start(
+            wanted,
+            [f.as_running() for f in running],
+            self.config.capacity_rows,
+            self.config.preemption,
+        )
+        return steps * self.step_s
+
+    async def _preempt_for_urgent(self) -> None:
+        running = [f for f in self._flights.values() if f.running and not f.stopping]
+        if not running:
+            return
+        head = await self._queue.peek(self.config.allow())
+        waiting = self._most_urgent(head)
+        if waiting is None:
+            return
+        config = self.config
+        chosen = victims(
+            waiting, [f.as_running() for f in running], config.capacity_rows, config.preemption
+        )
+        if head is not None and waiting.job_id == head.job.id and chosen:
+            # Claimed jobs that wait for their shape would take the freed device
+            # before the queued job is claimed: less urgent ones go back too.
+            chosen += [
+                job_id
+                for job_id, f in self._flights.items()
+                if not f.running and not f.stopping and f.rank > waiting.rank
+            ]
+        for job_id in chosen:
+            if self.evict(job_id):
+                self.preemptions += 1
+                log.info("job_preempting", job_id=job_id, for_job=waiting.job_id)
+
+    def _most_urgent(self, head: Head | None) -> Candidate | None:
+        """The most urgent job that wants the device: a claimed one waiting for its
+        shape, or the queue's head (a tie goes to the one already claimed)."""
+        best: Candidate | None = None
+        for job_id, flight in self._flights.items():
+            if flight.running or flight.stopping:
+                continue
+            if best is None or flight.rank < best.rank:
+                best = Candidate(job_id, flight.rank, flight.rows, flight.shape)
+        if head is not None and head.job.id not in self._flights:
+            job = head.job
+            urgency = rank(job.lane, head.aged)
+            if best is None or urgency < best.rank:
+                shape = _shape(self._catalog.resolve(job.spec))
+                best = Candidate(job.id, urgency, _rows(job), shape)
+        return best
 
     async def _succeed(self, job: Job, samples: list[Image.Image], flight: _Flight) -> None:
         paths = await self._store(job, samples)
@@ -396,3 +551,12 @@ class DeviceWorker:
             return
         if cancelled and not flight.stopping:
             self.cancel(job_id)
+
+
+def _rows(job: Job) -> int:
+    return rows_for(job.spec.n, job.spec.guidance)
+
+
+def _shape(spec: JobSpec) -> Hashable:
+    """What jobs must share to batch: the model and the image size."""
+    return (spec.model, spec.width, spec.height)

@@ -260,6 +260,10 @@ class DegradeSettings(_Section):
     relax_after_s: float = Field(default=900.0, ge=0)
     relax_utilization: float = Field(default=0.5, ge=0, le=1)
     relax_utilization_after_s: float = Field(default=1800.0, ge=0)
+    # The load is sampled every sample_interval_s; the p95 wait and the utilization are
+    # measured over the last sample_window_s.
+    sample_interval_s: float = Field(default=5.0, gt=0, le=300)
+    sample_window_s: float = Field(default=300.0, gt=0)
 
 
 class Settings(BaseSettings):

@@ -84,6 +84,31 @@ class JobRow:
 
 
 @dataclass(frozen=True, slots=True)
+class WaitCursor:
+    """Where one :meth:`JobRepo.queue_waits` pass left off; hand it to the next pass.
+
+    ``started_after_ms`` is the latest start already reported. ``min_rowid`` is the rowid
+    of the oldest job that could still start (submitted, queued or running): jobs are
+    never inserted below it, so the next pass reads the table's tail from there instead
+    of every job ever run.
+    """
+
+    started_after_ms: int
+    min_rowid: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueWaits:
+    """How long jobs waited in the queue, as one pass over the jobs table saw it."""
+
+    # Waits of the attempts that started since the previous pass (start minus queued).
+    started_ms: tuple[int, ...]
+    # How long each job still queued has waited so far.
+    waiting_ms: tuple[int, ...]
+    cursor: WaitCursor
+
+
+@dataclass(frozen=True, slots=True)
 class ImageRow:
     """One stored image of a job; ``idx`` -1 is the grid, 0.. the samples."""
 
@@ -351,6 +376,40 @@ class JobRepo:
                 (user_id, limit),
             )
         return [_job(row) for row in rows]
+
+    async def queue_waits(self, cursor: WaitCursor | None = None) -> QueueWaits:
+        """Queue waits since the pass that returned ``cursor`` (None: a first pass, which
+        reports only the jobs waiting now). A requeued job's wait counts from its requeue."""
+        async with self._db.reading() as conn:
+            now = self._db.now_ms()
+            started: tuple[int, ...] = ()
+            started_after_ms = now if cursor is None else cursor.started_after_ms
+            if cursor is not None:
+                rows = await _all(
+                    conn,
+                    "SELECT started_at_ms, COALESCE(queued_at_ms, submitted_at_ms) AS queued_ms"
+                    " FROM jobs WHERE rowid >= ? AND started_at_ms > ?"
+                    " AND state NOT IN ('submitted', 'queued')",
+                    (cursor.min_rowid, cursor.started_after_ms),
+                )
+                started = tuple(max(0, row["started_at_ms"] - row["queued_ms"]) for row in rows)
+                started_after_ms = max([started_after_ms, *(row["started_at_ms"] for row in rows)])
+            rows = await _all(
+                conn,
+                "SELECT COALESCE(queued_at_ms, submitted_at_ms) AS queued_ms"
+                " FROM jobs WHERE state = 'queued'",
+                (),
+            )
+            waiting = tuple(max(0, now - row["queued_ms"]) for row in rows)
+            row = await _one(
+                conn,
+                "SELECT COALESCE("
+                "(SELECT MIN(rowid) FROM jobs WHERE state IN ('submitted', 'queued', 'running')),"
+                " (SELECT COALESCE(MAX(rowid), 0) + 1 FROM jobs)) AS min_rowid",
+                (),
+            )
+        assert row is not None  # an aggregate always returns a row
+        return QueueWaits(started, waiting, WaitCursor(started_after_ms, int(row["min_rowid"])))
 
     async def count_by_state(self) -> dict[str, int]:
         """How many jobs are in each state (every state present, zero if none)."""

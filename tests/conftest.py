@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -75,3 +78,15 @@ async def redis_namespace(redis_client: Redis) -> AsyncIterator[str]:
     keys = [key async for key in redis_client.scan_iter(match=f"{namespace}:*", count=1000)]
     if keys:
         await redis_client.delete(*keys)
+
+
+@pytest.fixture
+def logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Captured structlog events, whatever level an earlier test configured."""
+    wrapper = structlog.get_config()["wrapper_class"]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with capture_logs() as entries:
+            yield entries
+    finally:
+        structlog.configure(wrapper_class=wrapper)

@@ -25,11 +25,11 @@ from typing import Any, Protocol
 
 from backend.bench.trace import TraceJob
 from backend.errors import BadInputError
-from backend.eta import EtaModel, work_ahead_s
+from backend.eta import EtaModel, queued_ahead_s
 from backend.fairness import LANE_ORDER, AgingPolicy, FairQueue, Ticket
 from backend.lanes import CostModel, StepModel, StepTimes, classify, rows_for
 from backend.models import Lane
-from backend.preemption import Candidate, Rules, Running, rank, victims
+from backend.preemption import Candidate, Rules, Running, rank, steps_until_start, victims
 from config.settings import SchedulerSettings
 
 POLICIES: tuple[str, ...] = ("fifo", "fifo_batch", "priority", "fair_nopreempt", "ours")
@@ -129,7 +129,7 @@ class Dispatcher(Protocol):
 
     def take(self, now_s: float) -> SimJob: ...
 
-    def give_back(self, job: SimJob) -> None: ...
+    def give_back(self, job: SimJob, now_s: float) -> None: ...
 
     def done(self, job: SimJob) -> None: ...
 
@@ -164,7 +164,7 @@ class FifoDispatcher:
         assert job is not None
         return self._queue_of(job).popleft()
 
-    def give_back(self, job: SimJob) -> None:
+    def give_back(self, job: SimJob, now_s: float) -> None:
         self._queue_of(job).appendleft(job)
 
     def done(self, job: SimJob) -> None:
@@ -212,9 +212,9 @@ class FairDispatcher:
         assert ticket.job_id == job.id
         return job
 
-    def give_back(self, job: SimJob) -> None:
+    def give_back(self, job: SimJob, now_s: float) -> None:
         assert job.ticket is not None
-        self.fair.restore(job.ticket)
+        self.fair.restore(job.ticket, waited_since_ms=_ms(now_s))
 
     def done(self, job: SimJob) -> None:
         assert job.ticket is not None
@@ -259,6 +259,7 @@ class Simulator:
         *,
         estimate: Callable[[SimJob, float], float] | None = None,
         on_step: Callable[[float, float], None] | None = None,
+        on_start: Callable[[SimJob, float], None] | None = None,
     ) -> None:
         self.name = name
         self.dispatcher = dispatcher
@@ -271,6 +272,7 @@ class Simulator:
         self._seq = itertools.count(1)
         self._estimate = estimate
         self._on_step = on_step
+        self._on_start = on_start
 
     @property
     def running(self) -> list[SimJob]:
@@ -356,18 +358,7 @@ class Simulator:
         head = self.dispatcher.head(now)
         if head is None or not self._running:
             return
-        running = [
-            Running(
-                job.id,
-                job.rank,
-                job.rows,
-                job.shape,
-                job.steps_since_resume,
-                job.preemptions,
-                job.started_seq,
-            )
-            for job in self._running
-        ]
+        running = [_running(job) for job in self._running]
         wanted = Candidate(head.id, head.rank, head.rows, head.shape)
         chosen = set(victims(wanted, running, self.device.capacity_rows, self.rules))
         for job in [job for job in self._running if job.id in chosen]:
@@ -375,7 +366,7 @@ class Simulator:
             job.preemptions += 1
             job.resumed = True
             self.stats.preemptions += 1
-            self.dispatcher.give_back(job)
+            self.dispatcher.give_back(job, now)
 
     def _admit(self, now: float) -> int:
         resumed = 0
@@ -389,6 +380,8 @@ class Simulator:
             job = self.dispatcher.take(now)
             if job.first_start_s is None:
                 job.first_start_s = now
+                if self._on_start is not None:
+                    self._on_start(job, now)
             if job.resumed:
                 resumed += 1
                 job.resumed = False
@@ -440,42 +433,68 @@ def make_dispatcher(name: str, settings: SchedulerSettings) -> Dispatcher:
 def fair_estimator(
     dispatcher: FairDispatcher, simulator: Simulator, eta: EtaModel, device: DeviceSpec
 ) -> Callable[[SimJob, float], float]:
-    """Start-time estimates as the service makes them: the production EtaModel over the
-    fair queue's order and the running batch."""
+    """Start-time estimates as the service makes them (``GenerationService.status``):
+    the production EtaModel over the queue's position and per-lane totals, and the
+    running batch by the preemption rules."""
 
     def estimate(job: SimJob, now_s: float) -> float:
         eta.record_arrival(job.lane, job.cost_s, now_s)
         assert job.ticket is not None
-        mine = (job.ticket.start_tag, job.ticket.seq)
-        own = LANE_ORDER.index(job.lane)
-        ahead = 0.0
-        for ticket in dispatcher.fair.queued():
-            other = LANE_ORDER.index(ticket.lane)
-            if other < own or (other == own and (ticket.start_tag, ticket.seq) < mine):
-                ahead += ticket.cost_s
+        fair = dispatcher.fair
+        costs = {lane: sum(t.cost_s for t in fair.queued(lane)) for lane in LANE_ORDER}
+        position = fair.position(job.id) or 0
+        ahead = queued_ahead_s(job.lane, position, costs, fair.depth(job.lane))
         running = simulator.running
-        left = sum(r.cost_s * (1 - r.steps_done / r.trace.steps) for r in running)
-        job_rank = rank(job.lane, False)
-        preemptible = dispatcher.preempting and all(r.rank > job_rank for r in running)
-        step_s = 0.0
+        delay_s = 0.0
         if running:
             width, height = running[0].shape
             step_s = device.step_model.step_s(sum(r.rows for r in running), width, height)
-        return eta.estimate(
-            job.lane, work_ahead_s(ahead, left, preemptible, step_s), job.cost_s, now_s
-        ).start_in_s
+            wanted = Candidate(job.id, rank(job.lane, False), job.rows, job.shape)
+            rules = simulator.rules if dispatcher.preempting else Rules(enabled=False)
+            steps = steps_until_start(
+                wanted, [_running(r, mid_step=True) for r in running], device.capacity_rows, rules
+            )
+            # The current step is part way through: count it as half done.
+            delay_s = step_s * (steps - 0.5)
+        return eta.estimate(job.lane, ahead, job.cost_s, now_s, blocked_s=delay_s).start_in_s
 
     return estimate
+
+
+def _running(job: SimJob, *, mid_step: bool = False) -> Running:
+    """The job as the preemption rules see it; ``mid_step``: as of the last boundary,
+    while the step that boundary started is under way (the simulator counts a step as
+    done when it starts)."""
+    # Aging decides when a job starts; once running it holds its lane's rank, as in the
+    # worker.
+    under_way = 1 if mid_step else 0
+    return Running(
+        job.id,
+        rank(job.lane, aged=False),
+        job.rows,
+        job.shape,
+        job.steps_since_resume - under_way,
+        job.preemptions,
+        job.started_seq,
+        job.trace.steps - job.steps_done + under_way,
+    )
 
 
 def run_policy(
     name: str, jobs: list[SimJob], settings: SchedulerSettings, device: DeviceSpec
 ) -> RunStats:
     dispatcher = make_dispatcher(name, settings)
-    rules = Rules(settings.preemption, settings.preempt_min_steps, settings.preempt_max_per_job)
+    rules = Rules.from_settings(settings)
     if isinstance(dispatcher, FairDispatcher) and dispatcher.preempting:
         eta = EtaModel()
-        simulator = Simulator(name, dispatcher, jobs, device, rules, on_step=eta.record_throughput)
+
+        def started(job: SimJob, now_s: float) -> None:
+            if job.est_wait_s is not None:
+                eta.record_start(job.lane, job.est_wait_s, now_s - job.trace.t_s)
+
+        simulator = Simulator(
+            name, dispatcher, jobs, device, rules, on_step=eta.record_throughput, on_start=started
+        )
         simulator._estimate = fair_estimator(dispatcher, simulator, eta, device)
         return simulator.run()
     return Simulator(name, dispatcher, jobs, device, rules).run()

@@ -80,6 +80,14 @@ def load_trace(path: Path, *, tiers: Collection[str]) -> list[TraceJob]:
     return _in_arrival_order(jobs)
 
 
+def read_trace(path: Path, *, tiers: Collection[str]) -> list[TraceJob]:
+    """:func:`load_trace`, refusing a trace without jobs."""
+    trace = load_trace(path, tiers=tiers)
+    if not trace:
+        raise BadInputError(f"trace {path} holds no jobs")
+    return trace
+
+
 def write_trace(path: Path, jobs: Iterable[TraceJob]) -> None:
     """Write jobs as a trace that ``load_trace`` reads back unchanged."""
     with path.open("w", encoding="utf-8") as out:

@@ -161,7 +161,7 @@ class MemoryQueue:
             del self._entries[lease.job.id]
             return
         entry.checkpoint = checkpoint
-        self._fair.restore(entry.ticket)
+        self._fair.restore(entry.ticket, waited_since_ms=self._now_ms())
         await self._notify()
 
     async def cancel(self, job_id: str) -> bool:

@@ -92,15 +92,21 @@ local function release(user)
   if redis.call('DECR', key) <= 0 then redis.call('DEL', key) end
 end
 
--- FairQueue.restore: back to its lane with its start tag and enqueue time, and a fresh
--- negative sequence number, so it goes before jobs of the same tag that never ran.
-local function restore(id, key)
+-- FairQueue.restore: back to its lane with its start tag and a fresh negative sequence
+-- number, so it goes before jobs of the same tag that never ran. Its aging clock
+-- restarts at ``waited_since`` (a preempted job) or keeps its enqueue time (nil).
+local function restore(id, key, waited_since)
   local f = redis.call('HMGET', key, 'lane', 'user', 'tag', 'enq', 'cost_us')
   release(f[2])
   local seq = -redis.call('INCR', prefix .. 'seq')
   local member = member_of(seq, id)
+  local enq = f[4]
+  if waited_since then
+    enq = waited_since
+    redis.call('HSET', key, 'enq', enq)
+  end
   redis.call('ZADD', prefix .. 'tag:' .. f[1], f[3], member)
-  redis.call('ZADD', prefix .. 'age:' .. f[1], f[4], member)
+  redis.call('ZADD', prefix .. 'age:' .. f[1], enq, member)
   add_cost(f[1], tonumber(f[5]))
   redis.call('HSET', key, 'state', 'queued', 'seq', seq, 'member', member)
   redis.call('HDEL', key, 'token', 'worker', 'expires')
@@ -317,7 +323,7 @@ if ARGV[6] == '1' then
 else
   redis.call('HDEL', key, 'checkpoint')
 end
-restore(id, key)
+restore(id, key, now)
 return 'ok'
 """
 

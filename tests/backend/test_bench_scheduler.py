@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from backend.bench.scheduler import run_scheduler_bench, service_time
-from backend.bench.sim import POLICIES, TableStepModel
+from backend.bench.scheduler import fair_shares, fairness, run_scheduler_bench, service_time
+from backend.bench.sim import POLICIES, RunStats, SimJob, TableStepModel
 from backend.bench.trace import TraceJob, synthetic_trace
 from backend.cli import main
 from backend.errors import BadInputError
 from backend.lanes import StepModel
+from backend.models import Lane
 from config.settings import load_settings
 
 LANE_KEYS = {"jobs", "p50_wait_s", "p99_wait_s", "p99_slowdown"}
@@ -128,3 +129,37 @@ def test_step_times_from_engine_bench() -> None:
     assert model.step_s(2, 128, 128) > 4 * 0.01
     with pytest.raises(BadInputError):
         TableStepModel.from_engine_json({"batches": {}})
+
+
+def _flow_stats(split: tuple[float, float]) -> RunStats:
+    """Users a (weight 2) and b (weight 1), each with 10 jobs of 1 s queued at 0 and
+    done at 30; each second the batch lane's service is split ``split``."""
+    jobs = []
+    for user, weight in (("a", 2.0), ("b", 1.0)):
+        for _ in range(10):
+            trace = TraceJob(len(jobs), 0.0, user, "pro", 4, 512, 512, 1, None)
+            jobs.append(SimJob(trace, Lane.BATCH, 1.0, 2, weight, 0, finish_s=30.0))
+    stats = RunStats("test", jobs)
+    for user, share in zip(("a", "b"), split, strict=True):
+        stats.service[(Lane.BATCH, user)] = [(float(t), share) for t in range(30)]
+    return stats
+
+
+def test_fairness_is_one_when_service_follows_the_weights() -> None:
+    """Service split 2:1 between users weighted 2:1 is perfectly fair; 1:1 is not."""
+    weights = {"a": 2.0, "b": 1.0}
+    fair = fairness(_flow_stats((2 / 3, 1 / 3)), weights, min_jobs=5)
+    assert fair.jain == pytest.approx(1.0) and fair.flows == 2
+    shares = fair_shares(_flow_stats((2 / 3, 1 / 3)), weights)
+    assert shares[(Lane.BATCH, "a")] == pytest.approx((20.0, 20.0))
+    unfair = fairness(_flow_stats((0.5, 0.5)), weights, min_jobs=5)
+    # Ratios 0.75 and 1.5: (2.25)^2 / (2 * (0.5625 + 2.25)) = 0.9.
+    assert unfair.jain == pytest.approx(0.9)
+
+
+def test_fairness_headline_skips_flows_too_short_to_judge() -> None:
+    """A flow entitled to fewer than ``min_jobs`` of its jobs counts only in jain_all."""
+    weights = {"a": 2.0, "b": 1.0}
+    fair = fairness(_flow_stats((0.5, 0.5)), weights, min_jobs=15)
+    assert fair.flows == 1 and fair.jain == 1.0
+    assert fair.flows_all == 2 and fair.jain_all == pytest.approx(0.9)

@@ -1,27 +1,29 @@
-"""The degradation ladder: escalation, relaxation, hysteresis, override, restrictions."""
+"""The degradation ladder: escalation, relaxation, hysteresis, override, restrictions, and
+the controller sharing the override and the automatic level between hosts."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
-from structlog.testing import capture_logs
+from redis.asyncio import Redis
 
 from backend.degrade import (
+    Cleared,
     DegradeController,
+    HostLoad,
     Ladder,
     Level,
-    LoadMeter,
     LoadSample,
+    Override,
     Transition,
     restrictions,
 )
+from backend.levelstore import LevelStore, MemoryLevelStore, RedisLevelStore
 from backend.models import Lane
-from config.settings import DegradeSettings, load_settings
+from config.settings import DegradeSettings, Settings, load_settings
 from storage.db import Database
 
 PRESSURE = LoadSample(queue_len=130, p95_wait_s=10.0, utilization=0.7)
@@ -56,18 +58,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now_s
-
-
-@pytest.fixture
-def logs() -> Iterator[list[MutableMapping[str, Any]]]:
-    """Captured structlog events, whatever level an earlier test configured."""
-    wrapper = structlog.get_config()["wrapper_class"]
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-    try:
-        with capture_logs() as entries:
-            yield entries
-    finally:
-        structlog.configure(wrapper_class=wrapper)
 
 
 # -- escalation ----------------------------------------------------------------------------
@@ -211,10 +201,10 @@ async def test_override_survives_a_new_controller_over_the_same_database(tmp_pat
     settings = load_settings()
     clock = FakeClock()
     async with Database.open(tmp_path / "x.db") as db:
-        first = DegradeController(settings, db, clock)
+        first = DegradeController(settings, db, clock, store=MemoryLevelStore())
         await first.set_override(Level.HEAVY, 42)
     async with Database.open(tmp_path / "x.db") as db:
-        second = DegradeController(settings, db, clock)
+        second = DegradeController(settings, db, clock, store=MemoryLevelStore())
         assert (second.level, second.override) == (Level.NORMAL, None)
         await second.load()
         assert second.level is Level.HEAVY
@@ -226,7 +216,7 @@ async def test_override_survives_a_new_controller_over_the_same_database(tmp_pat
         cleared = await second.clear_override(7)
         assert cleared is not None and cleared.to_level is Level.NORMAL
     async with Database.open(tmp_path / "x.db") as db:
-        third = DegradeController(settings, db, clock)
+        third = DegradeController(settings, db, clock, store=MemoryLevelStore())
         await third.load()
         assert third.level is Level.NORMAL and third.override is None
 
@@ -235,7 +225,7 @@ async def test_a_corrupt_persisted_override_is_ignored(tmp_path: Path) -> None:
     """An unreadable stored override leaves automatic control in place instead of failing."""
     async with Database.open(tmp_path / "x.db") as db:
         await db.state.set("degrade_override", {"level": "apocalyptic", "actor": 1, "at_ms": 0})
-        controller = DegradeController(load_settings(), db, FakeClock())
+        controller = DegradeController(load_settings(), db, FakeClock(), store=MemoryLevelStore())
         await controller.load()
         assert controller.level is Level.NORMAL and controller.override is None
 
@@ -304,7 +294,7 @@ async def test_transitions_are_logged_kept_and_sent_to_subscribers(
     clock = FakeClock()
     seen: list[Transition] = []
     async with Database.open(tmp_path / "x.db") as db:
-        controller = DegradeController(settings, db, clock)
+        controller = DegradeController(settings, db, clock, store=MemoryLevelStore())
         controller.subscribe(seen.append)
         controller.observe(PRESSURE)
         clock.now_s = 10
@@ -334,7 +324,7 @@ async def test_a_failing_subscriber_does_not_stop_the_others(
         raise RuntimeError("boom")
 
     async with Database.open(tmp_path / "x.db") as db:
-        controller = DegradeController(load_settings(), db, FakeClock())
+        controller = DegradeController(load_settings(), db, FakeClock(), store=MemoryLevelStore())
         controller.subscribe(broken)
         controller.subscribe(seen.append)
         await controller.set_override(Level.LIGHT, 42)
@@ -346,40 +336,183 @@ async def test_unsubscribed_callbacks_hear_nothing(tmp_path: Path) -> None:
     """After unsubscribing, a callback is no longer called."""
     seen: list[Transition] = []
     async with Database.open(tmp_path / "x.db") as db:
-        controller = DegradeController(load_settings(), db, FakeClock())
+        controller = DegradeController(load_settings(), db, FakeClock(), store=MemoryLevelStore())
         unsubscribe = controller.subscribe(seen.append)
         unsubscribe()
         await controller.set_override(Level.HEAVY, 42)
     assert seen == [] and controller.level is Level.HEAVY
 
 
-# -- load meter ----------------------------------------------------------------------------
+# -- sharing between processes -------------------------------------------------------------
 
 
-def test_load_meter_p95_over_the_window() -> None:
-    """The p95 is the nearest-rank 95th percentile of the waits inside the window."""
-    meter = LoadMeter(window_s=300)
-    meter.record_wait(1000.0, now_s=0)
-    for second in range(1, 101):
-        meter.record_wait(float(second), now_s=300 + second)
-    sample = meter.sample(queue_len=7, now_s=400)
-    assert sample == LoadSample(queue_len=7, p95_wait_s=95.0, utilization=0.0)
+class WallClock:
+    """Wall-clock milliseconds for the shared store's expiry, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now_ms = 1_700_000_000_000
+
+    def __call__(self) -> int:
+        return self.now_ms
 
 
-def test_load_meter_utilization_is_the_mean_busy_over_the_window() -> None:
-    """Utilization averages busy flags and fractions recorded within the window only."""
-    meter = LoadMeter(window_s=60)
-    meter.record_busy(False, now_s=0)
-    meter.record_busy(True, now_s=70)
-    meter.record_busy(True, now_s=80)
-    meter.record_busy(0.5, now_s=90)
-    meter.record_busy(False, now_s=100)
-    assert meter.sample(queue_len=0, now_s=100).utilization == pytest.approx(0.625)
+def _shared(
+    settings: Settings, db: Database, clock: FakeClock, store: LevelStore, host_id: str
+) -> DegradeController:
+    return DegradeController(settings, db, clock, store=store, host_id=host_id)
 
 
-def test_load_meter_reads_an_empty_window_as_idle() -> None:
-    """With nothing recorded in the window, wait and utilization read zero."""
-    meter = LoadMeter(window_s=60)
-    meter.record_wait(90.0, now_s=0)
-    meter.record_busy(True, now_s=0)
-    assert meter.sample(queue_len=3, now_s=61) == LoadSample(3, 0.0, 0.0)
+async def test_an_override_set_on_one_host_applies_on_another(
+    tmp_path: Path,
+    redis_client: Redis,
+    redis_namespace: str,
+    logs: list[MutableMapping[str, Any]],
+) -> None:
+    """A pin and its clear reach a second controller on the same Redis at its next pull:
+    its subscribers hear both, they are logged, and its own database keeps a copy."""
+    settings, clock = load_settings(), FakeClock()
+    seen: list[Transition] = []
+    store = RedisLevelStore(redis_client, redis_namespace)
+    async with Database.open(tmp_path / "a.db") as db_a, Database.open(tmp_path / "b.db") as db_b:
+        first = _shared(settings, db_a, clock, store, "a")
+        second = _shared(settings, db_b, clock, store, "b")
+        await first.load()
+        await second.load()
+        second.subscribe(seen.append)
+        await first.set_override(Level.HEAVY, 42)
+        assert second.level is Level.NORMAL
+        await second.pull()
+        assert second.level is Level.HEAVY and second.override == first.override
+        assert (await db_b.state.get("degrade_override"))["level"] == "heavy"
+        await first.clear_override(7)
+        await second.pull()
+        assert second.level is Level.NORMAL and second.override is None
+        assert await db_b.state.get("degrade_override") is None
+    assert [(t.to_level, t.reason) for t in seen] == [
+        (Level.HEAVY, "admin override by 42"),
+        (Level.NORMAL, "override cleared by 7"),
+    ]
+    changed = [entry for entry in logs if entry["event"] == "degrade_level_changed"]
+    assert len(changed) == 4  # two on each host
+
+
+async def test_start_up_prefers_the_shared_override_over_the_local_copy(
+    tmp_path: Path, redis_client: Redis, redis_namespace: str
+) -> None:
+    """A clear recorded in Redis beats this host's stale pin in SQLite, which it removes."""
+    store = RedisLevelStore(redis_client, redis_namespace)
+    await store.write_override(Cleared(7, 2_000))
+    async with Database.open(tmp_path / "x.db") as db:
+        await db.state.set("degrade_override", Override(Level.HEAVY, 42, 1_000).to_dict())
+        controller = _shared(load_settings(), db, FakeClock(), store, "a")
+        await controller.load()
+        assert controller.level is Level.NORMAL and controller.override is None
+        assert await db.state.get("degrade_override") is None
+
+
+async def test_start_up_falls_back_to_sqlite_and_seeds_redis(
+    tmp_path: Path, redis_client: Redis, redis_namespace: str
+) -> None:
+    """With nothing in Redis the SQLite pin is restored and shared for the other hosts."""
+    settings, clock = load_settings(), FakeClock()
+    store = RedisLevelStore(redis_client, redis_namespace)
+    async with Database.open(tmp_path / "a.db") as db_a, Database.open(tmp_path / "b.db") as db_b:
+        await _shared(settings, db_a, clock, store, "a").set_override(Level.MEDIUM, 42)
+        await redis_client.delete(store.key("override"))
+        restarted = _shared(settings, db_a, clock, store, "a")
+        await restarted.load()
+        other = _shared(settings, db_b, clock, store, "b")
+        await other.load()
+    assert restarted.level is Level.MEDIUM and other.level is Level.MEDIUM
+    assert await store.read_override() == restarted.override
+
+
+async def test_start_up_without_redis_keeps_the_sqlite_override(tmp_path: Path) -> None:
+    """An unreachable Redis at start-up leaves the local pin in force instead of failing."""
+    client = Redis.from_url("redis://127.0.0.1:1/0")
+    try:
+        async with Database.open(tmp_path / "x.db") as db:
+            await db.state.set("degrade_override", Override(Level.LIGHT, 42, 1_000).to_dict())
+            controller = _shared(
+                load_settings(), db, FakeClock(), RedisLevelStore(client, "x"), "a"
+            )
+            await controller.load()
+            assert controller.level is Level.LIGHT
+    finally:
+        await client.aclose()
+
+
+async def test_a_lost_shared_override_is_put_back(
+    tmp_path: Path, redis_client: Redis, redis_namespace: str
+) -> None:
+    """If Redis loses the pin (flushed), the next pull of a host that holds it restores it."""
+    store = RedisLevelStore(redis_client, redis_namespace)
+    async with Database.open(tmp_path / "x.db") as db:
+        controller = _shared(load_settings(), db, FakeClock(), store, "a")
+        await controller.set_override(Level.HEAVY, 42)
+        await redis_client.delete(store.key("override"))
+        await controller.pull()
+        assert await store.read_override() == controller.override
+        assert controller.level is Level.HEAVY
+
+
+async def test_the_automatic_level_is_the_highest_of_the_live_hosts(
+    tmp_path: Path, redis_client: Redis, redis_namespace: str
+) -> None:
+    """Effective level = max(own automatic level, live hosts' published ones); a host
+    whose entry expired stops counting, and each change reaches subscribers."""
+    settings = load_settings(degrade={"escalate_after_s": 10})
+    clock, wall = FakeClock(), WallClock()
+    seen: list[Transition] = []
+    store = RedisLevelStore(redis_client, redis_namespace, now_ms=wall)
+    async with Database.open(tmp_path / "x.db") as db:
+        here = _shared(settings, db, clock, store, "here")
+        here.subscribe(seen.append)
+        here.observe(PRESSURE)
+        clock.now_s = 10
+        here.observe(PRESSURE)
+        await here.push(PRESSURE, devices=1)
+        await store.publish("medium-host", HostLoad(Level.MEDIUM, STEADY, 1), ttl_s=15)
+        await store.publish("heavy-host", HostLoad(Level.HEAVY, PRESSURE, 1), ttl_s=5)
+        await here.pull()
+        assert (here.auto_level, here.peer_level, here.level) == (
+            Level.LIGHT,
+            Level.HEAVY,
+            Level.HEAVY,
+        )
+        wall.now_ms += 5_000
+        await here.pull()
+        assert here.level is Level.MEDIUM
+        wall.now_ms += 10_000
+        await here.pull()
+        assert (here.peer_level, here.level) == (Level.NORMAL, Level.LIGHT)
+        assert here.restrictions.level is Level.LIGHT
+    assert [(t.to_level, t.reason) for t in seen] == [
+        (Level.LIGHT, "queue length 130 > 100 for 10 s"),
+        (Level.HEAVY, "host heavy-host at heavy"),
+        (Level.MEDIUM, "other hosts at medium or below"),
+        (Level.LIGHT, "other hosts at normal or below"),
+    ]
+
+
+async def test_a_host_publishes_its_own_level_not_the_shared_one(tmp_path: Path) -> None:
+    """A host held up by another publishes its own automatic level, so the two never
+    keep each other up after the busy one relaxed."""
+    store, settings = MemoryLevelStore(), load_settings()
+    async with Database.open(tmp_path / "x.db") as db:
+        here = _shared(settings, db, FakeClock(), store, "here")
+        await store.publish("busy", HostLoad(Level.HEAVY, PRESSURE, 1), ttl_s=15)
+        await here.pull()
+        await here.push(SHORT_QUEUE, devices=1)
+        assert here.level is Level.HEAVY
+        assert (await store.hosts())["here"].auto_level is Level.NORMAL
+
+
+async def test_with_auto_off_other_hosts_levels_are_ignored(tmp_path: Path) -> None:
+    """auto = false leaves the level to admins, whatever other hosts publish."""
+    store = MemoryLevelStore()
+    await store.publish("busy", HostLoad(Level.HEAVY, PRESSURE, 1), ttl_s=15)
+    async with Database.open(tmp_path / "x.db") as db:
+        here = _shared(load_settings(degrade={"auto": False}), db, FakeClock(), store, "here")
+        await here.pull()
+        assert here.level is Level.NORMAL

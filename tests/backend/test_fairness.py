@@ -10,7 +10,7 @@ import pytest
 from backend.fairness import AgingPolicy, ClaimFilter, FairQueue, Ticket
 from backend.lanes import CostModel, StepModel, classify, lane_by_cost, rows_for
 from backend.models import Lane, Speed
-from backend.preemption import Candidate, Rules, Running, rank, victims
+from backend.preemption import Candidate, Rules, Running, rank, steps_until_start, victims
 from config.settings import load_settings
 
 AGING = AgingPolicy.from_seconds({Lane.REALTIME: 30, Lane.BATCH: 300, Lane.BACKGROUND: 3600}, 0.5)
@@ -174,6 +174,7 @@ def running(job_id: str, lane: Lane, rows: int = 8, shape: str = "1024", **kw: i
         kw.get("steps", 10),
         kw.get("preemptions", 0),
         kw.get("seq", 1),
+        kw.get("left", 40),
     )
 
 
@@ -216,3 +217,19 @@ def test_anti_thrashing_protects_recent_and_often_preempted_jobs() -> None:
 def test_aged_job_outranks_every_lane() -> None:
     """An aged background job ranks above fresh realtime work."""
     assert rank(Lane.BACKGROUND, True) < rank(Lane.REALTIME, False) < rank(Lane.BATCH, False)
+
+
+def test_steps_until_start_follows_the_preemption_rules() -> None:
+    """A waiting job starts after one step when it joins or may preempt, after the
+    min_steps protection runs out, or once a job it may not preempt finishes."""
+    rules = Rules(min_steps=4, max_per_job=2)
+    rt = Candidate("rt", rank(Lane.REALTIME, False), 8, "512")
+    assert steps_until_start(rt, [], 16, rules) == 0
+    assert steps_until_start(rt, [running("a", Lane.BATCH, shape="512")], 16, rules) == 1
+    assert steps_until_start(rt, [running("a", Lane.BATCH, steps=10)], 16, rules) == 1
+    assert steps_until_start(rt, [running("a", Lane.BATCH, steps=1)], 16, rules) == 3
+    capped = running("a", Lane.BATCH, preemptions=2, left=25)
+    assert steps_until_start(rt, [capped, running("b", Lane.BATCH, steps=1)], 16, rules) == 25
+    same = running("r", Lane.REALTIME, rows=12, shape="512", left=3)
+    assert steps_until_start(rt, [same], 16, rules) == 3
+    assert steps_until_start(rt, [running("a", Lane.BATCH)], 16, Rules(enabled=False)) == 40

@@ -105,3 +105,35 @@ async def test_reconcile_re_enqueues_what_the_queue_lost(app: Backend) -> None:
     assert await app.db.jobs.checkpoint(second.id) == b"state"
     lease = await app.service.queue.claim("w", lease_s=10)
     assert lease is not None and lease.job.id == first.id and lease.job.meta["speed"] == "fast"
+
+
+async def test_queued_job_has_a_position_and_an_eta_from_the_work_ahead(app: Backend) -> None:
+    """Each queued job reports its place in its lane and a start estimate that grows
+    with the work ahead of it; the queued event carries the estimate."""
+    await app.db.users.set_tier(21, "admin")
+    follow = app.events.subscribe(None)
+    jobs = [await app.service.submit(spec(steps=4, seed=i), user_id=21) for i in range(3)]
+    statuses = [await app.service.status(job.id) for job in jobs]
+    assert [s.position for s in statuses if s is not None] == [0, 1, 2]
+    starts = [s.start_in_s for s in statuses if s is not None]
+    assert starts[0] == 0.0 and 0 < starts[1] < starts[2]
+    assert starts[2] == pytest.approx(2 * starts[1])
+    assert all(s is not None and s.finish_in_s > s.start_in_s for s in statuses)
+    queued = [await anext(aiter(follow)) for _ in range(3)]
+    follow.close()
+    assert [e.eta_s for e in queued] == pytest.approx([0.0, starts[1], starts[2]])
+    assert await app.service.status("no-such-job") is None
+
+
+async def test_device_delay_and_learned_bias_shape_the_eta(app: Backend) -> None:
+    """A busy device adds its delay; a lane whose jobs keep starting later than
+    estimated gets later estimates."""
+    job = await app.service.submit(spec(steps=4), user_id=22)
+    app.service.device_delay_s = lambda _job: 3.0
+    status = await app.service.status(job.id)
+    assert status is not None and status.start_in_s == pytest.approx(3.0)
+    for _ in range(200):
+        app.service._estimated[job.id] = 3.0
+        app.service.job_started(job, 9.5)
+    later = await app.service.status(job.id)
+    assert later is not None and later.start_in_s == pytest.approx(9.0, rel=0.05)

@@ -193,6 +193,47 @@ async def test_job_lifecycle_timestamps_and_attempts(db: Database, clock: FakeCl
     assert (done.finished_at_ms, done.delivered_at_ms) == (1500, 1600)
 
 
+async def test_queue_waits_report_each_start_once_and_the_jobs_still_waiting(
+    db: Database, clock: FakeClock
+) -> None:
+    """A first pass sees only queued jobs; later passes report each new start's wait once
+    (a requeued job's from its requeue), whatever happened to the job after it started."""
+    for job_id in ("a", "b", "c"):
+        await db.jobs.insert(job_id, 1, SPEC, "realtime")
+        await db.jobs.mark_queued(job_id)
+    clock.advance(400)
+    first = await db.jobs.queue_waits()
+    assert (first.started_ms, sorted(first.waiting_ms)) == ((), [400, 400, 400])
+    clock.advance(100)
+    await db.jobs.mark_started("a")
+    await db.jobs.mark_finished("a", "succeeded")
+    await db.jobs.mark_started("b")
+    second = await db.jobs.queue_waits(first.cursor)
+    assert (second.started_ms, second.waiting_ms) == ((500, 500), (500,))
+    clock.advance(100)
+    await db.jobs.mark_queued("b")  # preempted
+    clock.advance(50)
+    await db.jobs.mark_started("b")
+    third = await db.jobs.queue_waits(second.cursor)
+    assert (third.started_ms, third.waiting_ms) == ((50,), (650,))
+    assert (await db.jobs.queue_waits(third.cursor)).started_ms == ()
+
+
+async def test_queue_waits_read_only_the_tail_of_the_jobs_table(db: Database) -> None:
+    """The cursor starts at the oldest job that can still start (or past the last job),
+    so finished history is not read again."""
+    for job_id in ("old", "waiting", "new"):
+        await db.jobs.insert(job_id, 1, SPEC, "realtime")
+    await db.jobs.mark_finished("old", "succeeded")
+    await db.jobs.mark_queued("waiting")
+    await db.jobs.mark_finished("new", "cancelled")
+    cursor = (await db.jobs.queue_waits()).cursor
+    await db.jobs.mark_started("waiting")
+    await db.jobs.mark_finished("waiting", "succeeded")
+    assert cursor.min_rowid == 2
+    assert (await db.jobs.queue_waits()).cursor.min_rowid == 4
+
+
 async def test_failed_job_records_its_error(db: Database) -> None:
     """mark_finished('failed', error) keeps the error text."""
     await db.jobs.insert("j1", 1, SPEC, "batch")

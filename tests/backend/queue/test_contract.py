@@ -244,6 +244,26 @@ async def test_aged_job_goes_before_higher_lanes(queue: JobQueue, clock: FakeClo
     assert await claim_all(queue) == ["old", "rt"]
 
 
+async def test_requeued_job_waits_afresh_before_aging(queue: JobQueue, clock: FakeClock) -> None:
+    """A preempted job's aging clock restarts: it does not come back aged and outrank
+    the job it made room for, and ages again after another half bound of waiting."""
+    await queue.enqueue(make_job("old", Lane.BATCH))
+    clock.now += 150_000
+    lease = await queue.claim("w", lease_s=1000)
+    assert lease is not None and lease.job.id == "old"
+    await queue.enqueue(make_job("rt"))
+    await queue.requeue(lease, checkpoint=b"state")
+    head = await queue.peek()
+    assert head is not None and head.job.id == "rt" and not head.aged
+    rt = await queue.claim("w", lease_s=1000)
+    assert rt is not None and rt.job.id == "rt"
+    head = await queue.peek()
+    assert head is not None and head.job.id == "old" and not head.aged
+    clock.now += 150_000
+    head = await queue.peek()
+    assert head is not None and head.job.id == "old" and head.aged
+
+
 async def test_requeued_job_keeps_its_place(queue: JobQueue) -> None:
     """A preempted job resumes ahead of jobs that arrived while it ran (the boost)."""
     await queue.enqueue(make_job("a", user_id=1))

@@ -1,0 +1,234 @@
+"""Where the degradation override and each process's automatic level are shared.
+
+:class:`LevelStore` is the contract. :class:`MemoryLevelStore` serves one process (the
+embedded default: nobody else to share with); :class:`RedisLevelStore` serves every
+process on one Redis, the deployment the Redis queue is for.
+
+Redis keys, all under ``{namespace}:degrade:``:
+
+* ``override``: JSON of the last admin action, a pin (``{"level", "actor", "at_ms"}``)
+  or a clear (``level`` null), without a TTL: a restarting process must learn of a
+  clear as surely as of a pin.
+* ``hosts``: hash of process id to the JSON of its :class:`~backend.degrade.HostLoad`.
+* ``expiry``: sorted set of process ids by the time their entry expires. Expiry times
+  are the publisher's wall clock (as in the queue, so tests drive them), which assumes
+  the hosts' clocks agree to well within a TTL (NTP). Publishing drops expired entries
+  and reading ignores them; both keys expire a TTL after the last publish, so a stopped
+  deployment leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
+
+import structlog
+from redis.exceptions import RedisError
+
+from backend.clock import wall_ms
+from backend.degrade import HostLoad, Override, OverrideRecord, override_from_dict
+from backend.errors import BackendError
+from config.settings import QueueBackend, Settings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["LevelStore", "MemoryLevelStore", "RedisLevelStore", "make_level_store"]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+@runtime_checkable
+class LevelStore(Protocol):
+    """The override and the processes' automatic levels, shared by everyone who reads them."""
+
+    async def read_override(self) -> OverrideRecord | None:
+        """The last override record (a pin or a clear); None if none was ever written."""
+        ...
+
+    async def write_override(self, record: OverrideRecord) -> None:
+        """Replace the override record."""
+        ...
+
+    async def seed_override(self, record: Override) -> OverrideRecord:
+        """Write ``record`` only if no record exists; the record stored afterwards."""
+        ...
+
+    async def publish(self, host_id: str, load: HostLoad, ttl_s: float) -> None:
+        """Share ``host_id``'s load until ``ttl_s`` from now (replacing its last one)."""
+        ...
+
+    async def hosts(self) -> dict[str, HostLoad]:
+        """The loads of every process whose entry has not expired, by process id."""
+        ...
+
+    async def withdraw(self, host_id: str) -> None:
+        """Drop ``host_id``'s entry now."""
+        ...
+
+
+def _ttl_ms(ttl_s: float) -> int:
+    if not ttl_s > 0:
+        raise ValueError(f"ttl_s must be positive, not {ttl_s}")
+    return math.ceil(ttl_s * 1000)
+
+
+class MemoryLevelStore:
+    """The store of a single process; entries expire by the injected clock."""
+
+    def __init__(self, *, now_ms: Callable[[], int] = wall_ms) -> None:
+        self._now_ms = now_ms
+        self._override: OverrideRecord | None = None
+        self._hosts: dict[str, tuple[HostLoad, int]] = {}
+
+    async def read_override(self) -> OverrideRecord | None:
+        return self._override
+
+    async def write_override(self, record: OverrideRecord) -> None:
+        self._override = record
+
+    async def seed_override(self, record: Override) -> OverrideRecord:
+        if self._override is None:
+            self._override = record
+        return self._override
+
+    async def publish(self, host_id: str, load: HostLoad, ttl_s: float) -> None:
+        now_ms = self._now_ms()
+        self._hosts = {host: kept for host, kept in self._hosts.items() if kept[1] > now_ms}
+        self._hosts[host_id] = (load, now_ms + _ttl_ms(ttl_s))
+
+    async def hosts(self) -> dict[str, HostLoad]:
+        now_ms = self._now_ms()
+        return {
+            host: load for host, (load, expires_ms) in self._hosts.items() if expires_ms > now_ms
+        }
+
+    async def withdraw(self, host_id: str) -> None:
+        self._hosts.pop(host_id, None)
+
+
+# KEYS: hosts hash, expiry sorted set. ARGV: host id, load JSON, now_ms, expires_at_ms,
+# ttl_ms. One script, so no reader ever sees the hash without the expiry or the reverse.
+PUBLISH_SCRIPT = """
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+for _, host in ipairs(dead) do
+    redis.call('HDEL', KEYS[1], host)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return 1
+"""
+
+# KEYS: hosts hash, expiry sorted set. ARGV: now_ms. Returns host, JSON, host, JSON...
+HOSTS_SCRIPT = """
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf')
+local found = {}
+for _, host in ipairs(live) do
+    local load = redis.call('HGET', KEYS[1], host)
+    if load then
+        found[#found + 1] = host
+        found[#found + 1] = load
+    end
+end
+return found
+"""
+
+
+class RedisLevelStore:
+    """The store every process on one Redis shares; see the module for its keys."""
+
+    def __init__(
+        self, client: Redis, namespace: str, *, now_ms: Callable[[], int] = wall_ms
+    ) -> None:
+        self._client = client
+        self._prefix = f"{namespace}:degrade:"
+        self._now_ms = now_ms
+        self._publish = client.register_script(PUBLISH_SCRIPT)
+        self._hosts = client.register_script(HOSTS_SCRIPT)
+
+    def key(self, name: str) -> str:
+        """The full Redis key of ``override``, ``hosts`` or ``expiry``."""
+        return self._prefix + name
+
+    async def read_override(self) -> OverrideRecord | None:
+        raw = await self._command(self._client.get(self.key("override")))
+        return self._parse_override(raw)
+
+    async def write_override(self, record: OverrideRecord) -> None:
+        await self._command(self._client.set(self.key("override"), _dumps(record.to_dict())))
+
+    async def seed_override(self, record: Override) -> OverrideRecord:
+        key = self.key("override")
+        await self._command(self._client.set(key, _dumps(record.to_dict()), nx=True))
+        stored = self._parse_override(await self._command(self._client.get(key)))
+        # Gone again between the two calls (flushed): what we meant to seed stands.
+        return stored if stored is not None else record
+
+    async def publish(self, host_id: str, load: HostLoad, ttl_s: float) -> None:
+        now_ms, ttl_ms = self._now_ms(), _ttl_ms(ttl_s)
+        keys = [self.key("hosts"), self.key("expiry")]
+        args: list[str | int] = [host_id, _dumps(load.to_dict()), now_ms, now_ms + ttl_ms, ttl_ms]
+        await self._command(self._publish(keys=keys, args=args))
+
+    async def hosts(self) -> dict[str, HostLoad]:
+        keys = [self.key("hosts"), self.key("expiry")]
+        reply = await self._command(self._hosts(keys=keys, args=[self._now_ms()]))
+        loads: dict[str, HostLoad] = {}
+        for raw_host, raw_load in zip(reply[::2], reply[1::2], strict=True):
+            host = raw_host.decode() if isinstance(raw_host, bytes) else str(raw_host)
+            try:
+                loads[host] = HostLoad.from_dict(json.loads(raw_load))
+            except ValueError:
+                # One process of another version must not blind the others.
+                log.warning("degrade_host_load_invalid", host=host, value=raw_load)
+        return loads
+
+    async def withdraw(self, host_id: str) -> None:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hdel(self.key("hosts"), host_id)
+        pipe.zrem(self.key("expiry"), host_id)
+        await self._command(pipe.execute())
+
+    def _parse_override(self, raw: bytes | str | None) -> OverrideRecord | None:
+        if raw is None:
+            return None
+        try:
+            return override_from_dict(json.loads(raw))
+        except ValueError:
+            # Unreadable reads as never written: the next admin action replaces it.
+            log.warning("degrade_override_invalid", value=raw)
+            return None
+
+    @staticmethod
+    async def _command(pending: Awaitable[T]) -> T:
+        try:
+            return await pending
+        except RedisError as exc:
+            raise BackendError(f"degradation level store: Redis failed: {exc}") from exc
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def make_level_store(settings: Settings, redis_client: Redis | None = None) -> LevelStore:
+    """The store for ``settings.queue.backend``: with Redis, shared by every process on
+    that Redis; in memory, this process's alone."""
+
+    def redis_store() -> LevelStore:
+        if redis_client is None:
+            raise BackendError("queue.backend is 'redis' but make_level_store got no Redis client")
+        return RedisLevelStore(redis_client, settings.queue.namespace)
+
+    factories: dict[QueueBackend, Callable[[], LevelStore]] = {
+        QueueBackend.MEMORY: MemoryLevelStore,
+        QueueBackend.REDIS: redis_store,
+    }
+    return factories[settings.queue.backend]()
