@@ -100,6 +100,18 @@ def _parser() -> argparse.ArgumentParser:
     queue_bench.add_arguments(queue)
     queue.set_defaults(func=_cmd_bench_queue)
 
+    degrade = commands.add_parser(
+        "degrade",
+        parents=[common],
+        help="show the degradation level, or pin it (an admin override) and clear the pin",
+    )
+    degrade.add_argument(
+        "action", choices=("show", "set", "clear"), nargs="?", default="show", help="default: show"
+    )
+    degrade.add_argument("level", nargs="?", help="for set: normal, light, medium or heavy")
+    degrade.add_argument("--actor", type=int, default=0, help="admin id recorded with the change")
+    degrade.set_defaults(func=_cmd_degrade)
+
     config = commands.add_parser("config", parents=[common], help="inspect settings")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = config_commands.add_parser(
@@ -158,6 +170,53 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         async with Database.open(settings.database_path) as db:
             version = await current_version(db.connection)
         print(f"{settings.database_path}: schema version {version}")
+
+    asyncio.run(run())
+    return EXIT_OK
+
+
+def _cmd_degrade(args: argparse.Namespace) -> int:
+    """The level in force and the override; ``set``/``clear`` persist the override (in
+    SQLite, and in Redis for every host in Redis mode; an embedded service reads
+    SQLite at its next start)."""
+    settings = _settings(args)
+    from backend.clock import monotonic_s
+    from backend.degrade import DegradeController, Level
+    from backend.levelstore import make_level_store
+    from config.settings import QueueBackend
+    from storage.db import Database
+
+    level = None
+    if args.action == "set":
+        try:
+            level = Level(str(args.level))
+        except ValueError:
+            names = ", ".join(level.value for level in Level)
+            raise BadInputError(f"degrade set needs a level: {names}") from None
+    elif args.level is not None:
+        raise BadInputError(f"degrade {args.action} takes no level")
+
+    async def run() -> None:
+        redis_client = None
+        if settings.queue.backend is QueueBackend.REDIS:
+            from redis.asyncio import Redis
+
+            redis_client = Redis.from_url(settings.queue.redis_url.get_secret_value())
+        try:
+            async with Database.open(settings.database_path) as db:
+                store = make_level_store(settings, redis_client)
+                controller = DegradeController(settings, db, monotonic_s, store=store)
+                await controller.load()
+                if level is not None:
+                    await controller.set_override(level, args.actor)
+                elif args.action == "clear":
+                    await controller.clear_override(args.actor)
+                override = controller.override
+                pinned = f"override {override.level.value}" if override else "no override"
+                print(f"level {controller.level.value} ({pinned})")
+        finally:
+            if redis_client is not None:
+                await redis_client.aclose()
 
     asyncio.run(run())
     return EXIT_OK

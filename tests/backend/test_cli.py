@@ -167,3 +167,21 @@ def test_build_tiny_refuses_existing_dir(
     assert main(["model", "build-tiny", str(tmp_path)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_degrade_override_is_set_shown_and_cleared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`imagine degrade set heavy` pins the level across runs; `clear` hands it back;
+    a level that does not exist exits 2."""
+    monkeypatch.setenv("IMAGINE_DATA_DIR", str(tmp_path))
+    assert main(["degrade"]) == 0
+    assert "level normal (no override)" in capsys.readouterr().out
+    assert main(["degrade", "set", "heavy", "--actor", "7"]) == 0
+    capsys.readouterr()
+    assert main(["degrade", "show"]) == 0
+    assert "level heavy (override heavy)" in capsys.readouterr().out
+    assert main(["degrade", "set", "bogus"]) == 2
+    assert "normal, light, medium, heavy" in capsys.readouterr().err
+    assert main(["degrade", "clear"]) == 0
+    assert "level normal (no override)" in capsys.readouterr().out
