@@ -23,6 +23,8 @@ from storage.db import Database
 from storage.images import ImageStore
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from backend.worker import DeviceWorker
 
 log = structlog.get_logger(__name__)
@@ -52,19 +54,11 @@ async def open_backend(settings: Settings, *, local_worker: bool = True) -> Asyn
     catalog = ModelCatalog(settings)
     async with Database.open(settings.database_path) as db, contextlib.AsyncExitStack() as stack:
         images = ImageStore(settings.images_dir)
-        redis_client = None
-        if settings.queue.backend is QueueBackend.REDIS:
-            from redis.asyncio import Redis
-
-            redis_client = Redis.from_url(settings.queue.redis_url.get_secret_value())
-            stack.push_async_callback(redis_client.aclose)
+        redis_client = await stack.enter_async_context(shared_redis(settings))
         queue = make_queue(settings)
         stack.push_async_callback(queue.close)
         events = EventBus()
-        degrade = DegradeController(
-            settings, db, monotonic_s, store=make_level_store(settings, redis_client)
-        )
-        await degrade.load()
+        degrade = await load_degrade(settings, db, redis_client)
         service = GenerationService(
             settings,
             db,
@@ -82,6 +76,32 @@ async def open_backend(settings: Settings, *, local_worker: bool = True) -> Asyn
         if local_worker:
             await stack.enter_async_context(_local_worker(backend))
         yield backend
+
+
+@contextlib.asynccontextmanager
+async def shared_redis(settings: Settings) -> AsyncIterator[Redis | None]:
+    """The client the level store and the rate limits share in Redis mode; else None."""
+    if settings.queue.backend is not QueueBackend.REDIS:
+        yield None
+        return
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(settings.queue.redis_url.get_secret_value())
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def load_degrade(
+    settings: Settings, db: Database, redis_client: Redis | None
+) -> DegradeController:
+    """The degradation controller with the override restored (shared in Redis mode)."""
+    degrade = DegradeController(
+        settings, db, monotonic_s, store=make_level_store(settings, redis_client)
+    )
+    await degrade.load()
+    return degrade
 
 
 @contextlib.asynccontextmanager

@@ -180,10 +180,8 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
     SQLite, and in Redis for every host in Redis mode; an embedded service reads
     SQLite at its next start)."""
     settings = _settings(args)
-    from backend.clock import monotonic_s
-    from backend.degrade import DegradeController, Level
-    from backend.levelstore import make_level_store
-    from config.settings import QueueBackend
+    from backend.app import load_degrade, shared_redis
+    from backend.degrade import Level
     from storage.db import Database
 
     level = None
@@ -197,26 +195,18 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
         raise BadInputError(f"degrade {args.action} takes no level")
 
     async def run() -> None:
-        redis_client = None
-        if settings.queue.backend is QueueBackend.REDIS:
-            from redis.asyncio import Redis
-
-            redis_client = Redis.from_url(settings.queue.redis_url.get_secret_value())
-        try:
-            async with Database.open(settings.database_path) as db:
-                store = make_level_store(settings, redis_client)
-                controller = DegradeController(settings, db, monotonic_s, store=store)
-                await controller.load()
-                if level is not None:
-                    await controller.set_override(level, args.actor)
-                elif args.action == "clear":
-                    await controller.clear_override(args.actor)
-                override = controller.override
-                pinned = f"override {override.level.value}" if override else "no override"
-                print(f"level {controller.level.value} ({pinned})")
-        finally:
-            if redis_client is not None:
-                await redis_client.aclose()
+        async with (
+            shared_redis(settings) as redis_client,
+            Database.open(settings.database_path) as db,
+        ):
+            controller = await load_degrade(settings, db, redis_client)
+            if level is not None:
+                await controller.set_override(level, args.actor)
+            elif args.action == "clear":
+                await controller.clear_override(args.actor)
+            override = controller.override
+            pinned = f"override {override.level.value}" if override else "no override"
+            print(f"level {controller.level.value} ({pinned})")
 
     asyncio.run(run())
     return EXIT_OK

@@ -181,7 +181,9 @@ class GenerationService:
         position = await self.queue.position(job.id)
         if position is None:
             return None
-        costs = {lane: await self.queue.queued_cost_s(lane) for lane in LANE_ORDER}
+        # Lower lanes' work is not ahead of it: no round trip for their totals.
+        lanes = LANE_ORDER[: LANE_ORDER.index(job.lane) + 1]
+        costs = {lane: await self.queue.queued_cost_s(lane) for lane in lanes}
         depth = await self.queue.depth(job.lane)
         ahead_s = queued_ahead_s(job.lane, position, costs, depth)
         blocked_s = self.device_delay_s(job) if self.device_delay_s is not None else 0.0
