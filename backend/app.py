@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from backend.admission import make_buckets
+from backend.admission.limits import Admission
 from backend.catalog import ModelCatalog
 from backend.clock import monotonic_s
-from backend.degrade import DegradeController
-from backend.events import EventBus
-from backend.levelstore import make_level_store
-from backend.loadwatch import LoadWatcher
+from backend.degrade import make_level_store
+from backend.degrade.controller import DegradeController
+from backend.degrade.loadwatch import LoadWatcher
+from backend.events.memory import EventBus
 from backend.queue import JobQueue, make_queue
-from backend.ratelimit import Admission, make_buckets
 from backend.service import GenerationService
 from config.settings import QueueBackend, Settings
 from storage.db import Database
@@ -25,7 +26,7 @@ from storage.images import ImageStore
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from backend.worker import DeviceWorker
+    from backend.worker.worker import DeviceWorker
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +66,7 @@ async def open_backend(settings: Settings, *, local_worker: bool = True) -> Asyn
             queue,
             catalog,
             events,
-            admission=Admission(settings, make_buckets(settings, redis_client)),
+            admission=Admission(settings, make_buckets(settings.queue, redis_client)),
             steps_factor=lambda: degrade.restrictions.steps_factor,
         )
         backend = Backend(settings, db, images, queue, catalog, events, service, degrade)
@@ -98,7 +99,7 @@ async def load_degrade(
 ) -> DegradeController:
     """The degradation controller with the override restored (shared in Redis mode)."""
     degrade = DegradeController(
-        settings, db, monotonic_s, store=make_level_store(settings, redis_client)
+        settings, db, monotonic_s, store=make_level_store(settings.queue, redis_client)
     )
     await degrade.load()
     return degrade
@@ -109,10 +110,11 @@ async def _local_worker(backend: Backend) -> AsyncIterator[None]:
     """One worker per device of this machine: every CUDA device, else the CPU."""
     import socket
 
-    from backend.engine.device import make_engine_factory
-    from backend.engine.registry import ModelRegistry, pick_devices
-    from backend.preemption import Rules
-    from backend.worker import DeviceWorker, WorkerConfig
+    from backend.engine.factory import make_engine_factory
+    from backend.engine.hardware import pick_devices
+    from backend.engine.registry import ModelRegistry
+    from backend.scheduling.preemption import Rules
+    from backend.worker.worker import DeviceWorker, WorkerConfig
 
     settings = backend.settings
     engine = settings.engine

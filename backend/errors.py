@@ -65,6 +65,21 @@ class JobFailedError(BackendError):
         super().__init__(f"job {job_id} failed: {reason}")
 
 
+class JobError(BackendError):
+    """One job cannot continue (bad source image, NaN latents, unreadable checkpoint);
+    the others can. ``problem`` is the reason recorded for the job; ``job_id`` names it
+    where the raiser knows it."""
+
+    def __init__(self, problem: str, job_id: str | None = None) -> None:
+        self.problem = problem
+        self.job_id = job_id
+        super().__init__(problem)
+
+
+class CheckpointError(JobError):
+    """A checkpoint blob is malformed or was written by an incompatible version."""
+
+
 class QueueError(BackendError):
     """A queue operation was refused (unknown job, lost lease)."""
 

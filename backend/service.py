@@ -11,18 +11,19 @@ from typing import Any
 
 import structlog
 
+from backend.admission.limits import Admission
 from backend.catalog import ModelCatalog
 from backend.clock import monotonic_s, usage_month, wall_ms
 from backend.errors import BadInputError, JobFailedError
-from backend.eta import EtaModel, queued_ahead_s
-from backend.events import EventBus, EventKind, JobEvent, Subscription
-from backend.lanes import CostModel, LaneDecision, StepModel, classify, rows_for
+from backend.events.base import EventKind, JobEvent
+from backend.events.memory import EventBus, Subscription
 from backend.models import SEED_MAX, Job, JobSpec, Lane
 from backend.queue.base import LANE_ORDER, JobQueue
-from backend.ratelimit import Admission
+from backend.scheduling.eta import EtaModel, queued_ahead_s
+from backend.scheduling.lanes import CostModel, LaneDecision, StepModel, classify, rows_for
 from config.settings import Settings, TierSettings
 from storage.db import Database
-from storage.repos import JobRow
+from storage.repos.jobs import JobRow
 
 log = structlog.get_logger(__name__)
 

@@ -13,16 +13,10 @@ import aiosqlite
 import structlog
 
 from storage.migrate import migrate as run_migrations
-from storage.repos import (
-    AuditRepo,
-    BannedWordRepo,
-    GuildRepo,
-    ImageRepo,
-    JobRepo,
-    StateRepo,
-    UsageRepo,
-    UserRepo,
-)
+from storage.repos.jobs import ImageRepo, JobRepo
+from storage.repos.moderation import AuditRepo, BannedWordRepo
+from storage.repos.state import StateRepo
+from storage.repos.users import GuildRepo, UsageRepo, UserRepo
 
 log = structlog.get_logger(__name__)
 

@@ -17,8 +17,11 @@ import torch
 
 from backend.engine import state as checkpoints
 from backend.engine.batch import BatchCore, BatchLimits, DeviceRunner
-from backend.engine.registry import ModelRegistry, make_scheduler, pick_device
-from backend.engine.sampler import ModelRuntime, stock_generate
+from backend.engine.hardware import pick_device
+from backend.engine.registry import ModelRegistry
+from backend.engine.runtime import ModelRuntime
+from backend.engine.sampler import stock_generate
+from backend.engine.schedulers import make_scheduler
 from backend.engine.state import DenoiseState, scheduler_state
 from backend.engine.types import EngineEvent, Outcome, Request
 from backend.models import JobSpec

@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import random
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,6 +26,7 @@ from backend.models import Job, JobSpec, Lane
 from backend.queue.base import JobQueue, Lease
 from backend.queue.memory import MemoryQueue
 from backend.queue.redis import RedisQueue
+from backend.stats import percentile
 
 BACKENDS: tuple[str, ...] = ("memory", "redis")
 # What one worker's loop needs on a 2-core machine, Redis on loopback.
@@ -133,8 +133,8 @@ async def _measure(queue: JobQueue, ops: int, preload: int) -> QueueFigures:
         claim_ops_s=_rate(ops, claimed - enqueued),
         ack_ops_s=_rate(ops, acked - claimed),
         ops_s=_rate(3 * ops, acked - started),
-        claim_p50_ms=round(_percentile(latencies_s, 0.50) * 1000, 3),
-        claim_p99_ms=round(_percentile(latencies_s, 0.99) * 1000, 3),
+        claim_p50_ms=round(percentile(latencies_s, 50) * 1000, 3),
+        claim_p99_ms=round(percentile(latencies_s, 99) * 1000, 3),
         queued=preload,
     )
 
@@ -161,12 +161,6 @@ def _jobs(prefix: str, count: int, rng: random.Random) -> list[Job]:
 
 def _rate(count: int, seconds: float) -> float:
     return round(count / max(seconds, 1e-9), 1)
-
-
-def _percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 def _table(figures: dict[str, QueueFigures]) -> list[str]:

@@ -38,14 +38,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backend.bench.scheduler import percentile, service_time
+from backend.bench.sim import service_time
 from backend.bench.trace import TraceJob, read_trace, synthetic_trace, write_trace
 from backend.catalog import ModelCatalog
 from backend.errors import BackendError, BadInputError, RefusedError
-from backend.events import EventKind, Subscription
-from backend.fairness import LANE_ORDER
-from backend.lanes import CostModel, StepModel, lane_by_cost, rows_for
+from backend.events.base import EventKind
+from backend.events.memory import Subscription
 from backend.models import SIZE_MULTIPLE, JobSpec, Lane
+from backend.scheduling.fairness import LANE_ORDER
+from backend.scheduling.lanes import CostModel, StepModel, lane_by_cost, rows_for
+from backend.stats import percentile
 from config.settings import (
     BUILTIN_TINY,
     ModelSettings,

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from backend.fairness import LANE_ORDER
+from backend.scheduling.fairness import LANE_ORDER
 
 # Waits of zero have no place on a log axis; they are drawn at this floor instead.
 WAIT_FLOOR_S = 0.01

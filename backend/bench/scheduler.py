@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +30,6 @@ from typing import Any
 
 from backend.bench.sim import (
     BUSY_BUCKET_S,
-    GUIDANCE,
     POLICIES,
     DeviceSpec,
     RunStats,
@@ -39,26 +37,17 @@ from backend.bench.sim import (
     TableStepModel,
     build_jobs,
     run_policy,
+    service_time,
 )
 from backend.bench.trace import TraceJob, read_trace, synthetic_trace
 from backend.errors import BadInputError
-from backend.fairness import LANE_ORDER, AgingPolicy
-from backend.lanes import CostModel, StepModel, StepTimes, rows_for
 from backend.models import Lane
+from backend.scheduling.fairness import LANE_ORDER, AgingPolicy
+from backend.scheduling.lanes import CostModel, StepModel, StepTimes
+from backend.stats import percentile
 from config.settings import SchedulerSettings, Settings
 
 Flow = tuple[Lane, str]
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100) of a non-empty sequence."""
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    pos = (len(ordered) - 1) * q / 100
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def wait_s(job: SimJob) -> float:
@@ -271,15 +260,6 @@ def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     eta = result.get("eta", {}).get("median_rel_error")
     add("eta_median_rel_error", eta, 0.25, False)
     return found
-
-
-def service_time(step_model: StepTimes) -> Callable[[TraceJob], float]:
-
-    def alone(job: TraceJob) -> float:
-        rows = rows_for(job.n, GUIDANCE)
-        return job.steps * step_model.step_s(rows, job.width, job.height)
-
-    return alone
 
 
 def run_scheduler_bench(

@@ -25,11 +25,18 @@ from typing import Any, Protocol
 
 from backend.bench.trace import TraceJob
 from backend.errors import BadInputError
-from backend.eta import EtaModel, queued_ahead_s
-from backend.fairness import LANE_ORDER, AgingPolicy, FairQueue, Ticket
-from backend.lanes import CostModel, StepModel, StepTimes, classify, rows_for
 from backend.models import Lane
-from backend.preemption import Candidate, Rules, Running, rank, steps_until_start, victims
+from backend.scheduling.eta import EtaModel, queued_ahead_s
+from backend.scheduling.fairness import LANE_ORDER, AgingPolicy, FairQueue, Ticket
+from backend.scheduling.lanes import CostModel, StepModel, StepTimes, classify, rows_for
+from backend.scheduling.preemption import (
+    Candidate,
+    Rules,
+    Running,
+    rank,
+    steps_until_start,
+    victims,
+)
 from config.settings import SchedulerSettings
 
 POLICIES: tuple[str, ...] = ("fifo", "fifo_batch", "priority", "fair_nopreempt", "ours")
@@ -498,3 +505,12 @@ def run_policy(
         simulator._estimate = fair_estimator(dispatcher, simulator, eta, device)
         return simulator.run()
     return Simulator(name, dispatcher, jobs, device, rules).run()
+
+
+def service_time(step_model: StepTimes) -> Callable[[TraceJob], float]:
+
+    def alone(job: TraceJob) -> float:
+        rows = rows_for(job.n, GUIDANCE)
+        return job.steps * step_model.step_s(rows, job.width, job.height)
+
+    return alone

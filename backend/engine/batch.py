@@ -22,9 +22,10 @@ import torch
 
 from backend.engine import state as checkpoints
 from backend.engine.preview import PreviewMaker
-from backend.engine.sampler import ActiveJob, JobError, ModelRuntime, denoise_step
+from backend.engine.runtime import ModelRuntime
+from backend.engine.sampler import ActiveJob, denoise_step
 from backend.engine.types import EngineEvent, Outcome, Request
-from backend.errors import BackendError
+from backend.errors import BackendError, CheckpointError, JobError
 
 log = structlog.get_logger(__name__)
 
@@ -194,8 +195,8 @@ class BatchCore:
         if entry.checkpoint is not None:
             try:
                 saved = checkpoints.loads(entry.checkpoint, job.runtime.device)
-            except checkpoints.CheckpointError as exc:
-                raise JobError(str(exc)) from exc
+            except CheckpointError as exc:
+                raise CheckpointError(exc.problem, request.job_id) from exc
             job.restore(saved)
         else:
             job.prepare()

@@ -13,75 +13,22 @@ import structlog
 import torch
 
 from backend.catalog import ModelCatalog
+from backend.engine.hardware import pick_dtype, quiet_model_libraries
 from backend.errors import ModelLoadError
-from config.settings import ModelFamily, ModelSettings, Settings
+from config.settings import ModelFamily, Settings
 
 if TYPE_CHECKING:
-    from backend.engine.sampler import ModelRuntime
+    from backend.engine.runtime import ModelRuntime
+
 
 log = structlog.get_logger(__name__)
 
-_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
-    "dpmpp_2m_karras": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
-    ),
-    "ddim": ("DDIMScheduler", {}),
-    "lcm": ("LCMScheduler", {}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-}
+
 _PIPELINES = {
     ModelFamily.SD15: "StableDiffusionPipeline",
     ModelFamily.SD2: "StableDiffusionPipeline",
     ModelFamily.SDXL: "StableDiffusionXLPipeline",
 }
-
-
-def quiet_model_libraries() -> None:
-    """Silence diffusers' and transformers' progress bars and chatter: the service reports
-    its own progress, and their warnings about optional extras mean nothing to operators."""
-    import diffusers
-    import transformers
-
-    for library in (diffusers, transformers):
-        logging_utils: Any = library.utils.logging
-        logging_utils.set_verbosity_error()
-        logging_utils.disable_progress_bar()
-
-
-def pick_device(preference: str) -> torch.device:
-    """``cuda`` when asked for or available under ``auto``, else ``cpu``."""
-    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def pick_devices(preference: str) -> list[torch.device]:
-    """Every CUDA device when CUDA is used (one runner each), else the CPU."""
-    device = pick_device(preference)
-    if device.type != "cuda":
-        return [device]
-    return [torch.device("cuda", index) for index in range(torch.cuda.device_count())]
-
-
-def pick_dtype(model: ModelSettings, device: torch.device) -> torch.dtype:
-    """fp16 on CUDA and fp32 on CPU unless the model names a dtype."""
-    if model.dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[
-        model.dtype
-    ]
-
-
-def make_scheduler(name: str, config: Any) -> Any:
-    """A fresh scheduler instance of the named kind, from a pipeline's scheduler config."""
-    import diffusers
-
-    class_name, extra = _SCHEDULERS[name]
-    return getattr(diffusers, class_name).from_config(config, **extra)
 
 
 class ModelRegistry:
@@ -113,7 +60,7 @@ class ModelRegistry:
             if name in self._loaded:
                 self._loaded.move_to_end(name)
                 return self._loaded[name]
-            from backend.engine.sampler import ModelRuntime
+            from backend.engine.runtime import ModelRuntime
 
             model = self._catalog.get(name)
             runtime = ModelRuntime(name, self._load(name), model.family, self.device)

@@ -11,181 +11,17 @@ same order and batch layout, so its pixels match the stock call bit for bit.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image
 
-from backend.engine.registry import make_scheduler
+from backend.engine.runtime import Conditioning, ModelRuntime
+from backend.engine.schedulers import make_scheduler
+from backend.engine.source import check_source_image
 from backend.engine.state import DenoiseState, restore_scheduler, scheduler_state
 from backend.engine.types import Request
-from backend.errors import BackendError
+from backend.errors import JobError
 from backend.models import SEED_MAX, JobSpec
-from config.settings import ModelFamily
-
-# Largest img2img source accepted, in pixels (a 4096 x 4096 image).
-MAX_SOURCE_PIXELS = 4096 * 4096
-MIN_SOURCE_SIDE = 8
-
-
-class JobError(BackendError):
-    """This job cannot continue (bad source image, NaN latents); the others can."""
-
-
-def load_source_image(data: bytes, max_pixels: int = MAX_SOURCE_PIXELS) -> Image.Image:
-    """Decode an img2img source; JobError if it is not an image or is too large."""
-    import io
-
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            size = probe.size
-            if size[0] * size[1] > max_pixels:
-                raise JobError(f"source image {size[0]}x{size[1]} exceeds {max_pixels} pixels")
-            image = probe.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise JobError(f"source is not a readable image: {exc}") from exc
-    check_source_image(image, max_pixels)
-    return image
-
-
-def check_source_image(image: Image.Image, max_pixels: int = MAX_SOURCE_PIXELS) -> None:
-    width, height = image.size
-    if min(width, height) < MIN_SOURCE_SIDE:
-        raise JobError(f"source image {width}x{height} is smaller than {MIN_SOURCE_SIDE} px")
-    if width * height > max_pixels:
-        raise JobError(f"source image {width}x{height} exceeds {max_pixels} pixels")
-
-
-@dataclass(slots=True)
-class Conditioning:
-    """Text conditioning rows in UNet order: unconditional rows first when guided."""
-
-    embeds: torch.Tensor
-    added: dict[str, torch.Tensor] = field(default_factory=dict)
-    timestep_cond: torch.Tensor | None = None
-
-
-class ModelRuntime:
-    """A loaded pipeline's components and the family-specific parts of the loop."""
-
-    def __init__(self, name: str, pipe: Any, family: ModelFamily, device: torch.device) -> None:
-        self.name = name
-        self.pipe = pipe
-        self.family = family
-        self.device = device
-        self.unet = pipe.unet
-        self.vae = pipe.vae
-        self.dtype: torch.dtype = pipe.unet.dtype
-        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.latent_channels: int = int(self.unet.config.in_channels)
-        self.scheduler_config = pipe.scheduler.config
-        self.guidance_embedding = self.unet.config.time_cond_proj_dim is not None
-
-    def latent_shape(self, spec: JobSpec) -> tuple[int, int, int]:
-        return (self.latent_channels, spec.height // self.vae_scale, spec.width // self.vae_scale)
-
-    def uses_guidance(self, spec: JobSpec) -> bool:
-        # As the stock pipelines decide: guidance-embedded (LCM-distilled) UNets never
-        # run the unconditional half.
-        guidance = spec.guidance if spec.guidance is not None else 0.0
-        return guidance > 1.0 and not self.guidance_embedding
-
-    def encode(self, spec: JobSpec) -> Conditioning:
-        """Prompt embeddings for all of the job's rows (recomputed on every resume)."""
-        cfg = self.uses_guidance(spec)
-        negative = spec.negative_prompt or None
-        with torch.inference_mode():
-            if self.family is ModelFamily.SDXL:
-                cond = self._encode_sdxl(spec, cfg, negative)
-            else:
-                positive, uncond = self.pipe.encode_prompt(
-                    spec.prompt, self.device, spec.n, cfg, negative
-                )
-                cond = Conditioning(torch.cat([uncond, positive]) if cfg else positive)
-            if self.guidance_embedding:
-                scale = torch.tensor((spec.guidance or 0.0) - 1).repeat(spec.n)
-                cond.timestep_cond = self.pipe.get_guidance_scale_embedding(
-                    scale, embedding_dim=self.unet.config.time_cond_proj_dim
-                ).to(device=self.device, dtype=self.dtype)
-        return cond
-
-    def _encode_sdxl(self, spec: JobSpec, cfg: bool, negative: str | None) -> Conditioning:
-        pipe = self.pipe
-        embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
-            prompt=spec.prompt,
-            device=self.device,
-            num_images_per_prompt=spec.n,
-            do_classifier_free_guidance=cfg,
-            negative_prompt=negative,
-        )
-        if pipe.text_encoder_2 is None:
-            projection_dim = int(pooled.shape[-1])
-        else:
-            projection_dim = pipe.text_encoder_2.config.projection_dim
-        size = (spec.height, spec.width)
-        time_ids = pipe._get_add_time_ids(
-            size, (0, 0), size, dtype=embeds.dtype, text_encoder_projection_dim=projection_dim
-        )
-        if cfg:
-            embeds = torch.cat([neg_embeds, embeds])
-            pooled = torch.cat([neg_pooled, pooled])
-            time_ids = torch.cat([time_ids, time_ids])
-        time_ids = time_ids.to(self.device).repeat(spec.n, 1)
-        return Conditioning(
-            embeds.to(self.device),
-            {"text_embeds": pooled.to(self.device), "time_ids": time_ids},
-        )
-
-    def decode(self, latents: torch.Tensor, generators: list[torch.Generator]) -> list[Any]:
-        """Pixels of finished latents, as the stock pipeline produces them."""
-        vae = self.vae
-        with torch.inference_mode():
-            if self.family is ModelFamily.SDXL:
-                return self._decode_sdxl(latents)
-            image = vae.decode(
-                latents / vae.config.scaling_factor, return_dict=False, generator=generators
-            )[0]
-            images: list[Any] = self.pipe.image_processor.postprocess(
-                image, output_type="pil", do_denormalize=[True] * image.shape[0]
-            )
-        return images
-
-    def _decode_sdxl(self, latents: torch.Tensor) -> list[Any]:
-        vae = self.vae
-        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
-        if upcast:
-            vae.to(torch.float32)
-            latents = latents.to(torch.float32)
-        mean = getattr(vae.config, "latents_mean", None)
-        std = getattr(vae.config, "latents_std", None)
-        if mean is not None and std is not None:
-            mean_t = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
-            std_t = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
-            latents = latents * std_t / vae.config.scaling_factor + mean_t
-        else:
-            latents = latents / vae.config.scaling_factor
-        try:
-            image = vae.decode(latents, return_dict=False)[0]
-        finally:
-            if upcast:
-                vae.to(torch.float16)
-        images: list[Any] = self.pipe.image_processor.postprocess(image, output_type="pil")
-        return images
-
-    def encode_image(
-        self, image: Image.Image, spec: JobSpec, generators: list[torch.Generator]
-    ) -> torch.Tensor:
-        """Scaled VAE latents of ``image`` resized to the spec, one sample per generator."""
-        resized = image.convert("RGB").resize((spec.width, spec.height), Image.Resampling.LANCZOS)
-        pixels = self.pipe.image_processor.preprocess(resized).to(self.device, self.vae.dtype)
-        with torch.inference_mode():
-            rows = [
-                self.vae.encode(pixels).latent_dist.sample(generator=generator)
-                for generator in generators
-            ]
-        latents: torch.Tensor = torch.cat(rows).to(self.dtype) * self.vae.config.scaling_factor
-        return latents
 
 
 def sample_seeds(spec: JobSpec) -> list[int]:
@@ -258,12 +94,15 @@ class ActiveJob:
             self.scheduler.set_begin_index(self.start)
         self.step = self.start
         if self.done:
-            raise JobError(f"strength {request.strength} leaves no step to run at {steps} steps")
+            raise JobError(
+                f"strength {request.strength} leaves no step to run at {steps} steps",
+                request.job_id,
+            )
         check_source_image(request.init_image)
         try:
             clean = runtime.encode_image(request.init_image, request.spec, self.generators)
         except (OSError, ValueError) as exc:
-            raise JobError(f"source image unusable: {exc}") from exc
+            raise JobError(f"source image unusable: {exc}", request.job_id) from exc
         noise = randn_tensor(
             clean.shape, generator=self.generators, device=runtime.device, dtype=runtime.dtype
         )
@@ -288,7 +127,8 @@ class ActiveJob:
         """Continue from a saved state instead of :meth:`prepare`."""
         if len(state.generator_states) != self.n:
             raise JobError(
-                f"checkpoint has {len(state.generator_states)} samples, job has {self.n}"
+                f"checkpoint has {len(state.generator_states)} samples, job has {self.n}",
+                self.request.job_id,
             )
         restore_scheduler(self.scheduler, state.scheduler_state)
         self.timesteps = self.scheduler.timesteps
@@ -319,7 +159,9 @@ class ActiveJob:
         )[0]
         self.step += 1
         if not bool(torch.isfinite(self.latents).all()):
-            raise JobError(f"non-finite latents (NaN or inf) after step {self.step}")
+            raise JobError(
+                f"non-finite latents (NaN or inf) after step {self.step}", self.request.job_id
+            )
 
 
 def _step_kwargs(scheduler: Any, generators: list[torch.Generator]) -> dict[str, Any]:

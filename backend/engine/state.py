@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from backend.errors import CheckpointError
+
 FORMAT_VERSION = 1
 _META = "__meta__"
 
@@ -27,10 +29,6 @@ _META = "__meta__"
 _RECOMPUTED = frozenset(
     {"betas", "alphas", "alphas_cumprod", "alpha_t", "sigma_t", "lambda_t", "final_alpha_cumprod"}
 )
-
-
-class CheckpointError(ValueError):
-    """A checkpoint blob is malformed or was written by an incompatible version."""
 
 
 @dataclass(slots=True)

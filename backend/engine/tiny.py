@@ -117,7 +117,7 @@ def _build_into(folder: Path, seed: int) -> None:
     import torch
     from transformers import CLIPTokenizer
 
-    from backend.engine.registry import quiet_model_libraries
+    from backend.engine.hardware import quiet_model_libraries
 
     quiet_model_libraries()
     vocab, merges = train_bpe(PROMPT_CORPUS.splitlines(), DEFAULT_VOCAB_SIZE)

@@ -3,9 +3,10 @@ import them without loading torch."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -67,3 +68,26 @@ class EngineEvent:
     checkpoint: bytes | None = None
     error: str | None = None
     preview: bytes | None = None
+
+
+EventSink = Callable[[EngineEvent], None]
+
+
+class DeviceEngine(Protocol):
+    """A device's engine as a worker drives it (``DeviceRunner``, or a fake in tests).
+
+    Events are delivered to the sink given at construction, on any thread.
+    """
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout_s: float = 30.0) -> None: ...
+
+    def submit(self, request: Request, checkpoint: bytes | None = None) -> None: ...
+
+    def evict(self, job_id: str) -> None: ...
+
+    def cancel(self, job_id: str) -> None: ...
+
+
+EngineFactory = Callable[[EventSink], DeviceEngine]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from backend.fairness import AgingPolicy
 from backend.queue.base import JobQueue, Lease
 from backend.queue.memory import MemoryQueue
 from backend.queue.redis import RedisQueue
+from backend.scheduling.fairness import AgingPolicy
 from config.settings import QueueBackend, SchedulerSettings, Settings
 
 __all__ = ["JobQueue", "Lease", "MemoryQueue", "RedisQueue", "aging_policy", "make_queue"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from backend.fairness import EVERYTHING, LANE_ORDER, ClaimFilter
 from backend.models import Job, Lane
+from backend.scheduling.fairness import EVERYTHING, LANE_ORDER, ClaimFilter
 
 __all__ = ["EVERYTHING", "LANE_ORDER", "ClaimFilter", "Head", "JobQueue", "Lease"]
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, replace
 
 from backend.clock import wall_ms
 from backend.errors import QueueError
-from backend.fairness import EVERYTHING, AgingPolicy, ClaimFilter, FairQueue, Ticket
 from backend.models import Job, Lane
 from backend.queue.base import Head, Lease
+from backend.scheduling.fairness import EVERYTHING, AgingPolicy, ClaimFilter, FairQueue, Ticket
 from config.settings import SchedulerSettings
 
 DEFAULT_AGING = AgingPolicy.from_settings(SchedulerSettings())

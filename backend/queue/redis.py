@@ -44,10 +44,10 @@ from redis.exceptions import RedisError
 
 from backend.clock import wall_ms
 from backend.errors import QueueError
-from backend.fairness import EVERYTHING, LANE_ORDER, MIN_COST_S, AgingPolicy, ClaimFilter
 from backend.models import Job, Lane
 from backend.queue.base import Head, Lease
 from backend.queue.memory import DEFAULT_AGING
+from backend.scheduling.fairness import EVERYTHING, LANE_ORDER, MIN_COST_S, AgingPolicy, ClaimFilter
 
 __all__ = ["JOB_TTL_S", "POLL_INTERVAL_S", "SCAN_LIMIT", "RedisQueue"]
 

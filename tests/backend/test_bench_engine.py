@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.cli import main
+from cli import main
 
 
 def test_bench_engine_prints_documented_json(

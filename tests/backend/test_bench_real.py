@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from backend.bench.real import bench_settings, real_jobs, separating_cost
-from backend.bench.scheduler import service_time
+from backend.bench.sim import service_time
 from backend.bench.trace import TraceJob, synthetic_trace
-from backend.cli import main
-from backend.lanes import CostModel, StepModel, lane_by_cost, rows_for
+from backend.scheduling.lanes import CostModel, StepModel, lane_by_cost, rows_for
+from cli import main
 from config.settings import load_settings
 
 SHORT = {"steps": 4, "width": 512, "height": 512, "n": 2}

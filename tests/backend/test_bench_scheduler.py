@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from backend.bench.scheduler import fair_shares, fairness, run_scheduler_bench, service_time
-from backend.bench.sim import POLICIES, RunStats, SimJob, TableStepModel
+from backend.bench.scheduler import fair_shares, fairness, run_scheduler_bench
+from backend.bench.sim import POLICIES, RunStats, SimJob, TableStepModel, service_time
 from backend.bench.trace import TraceJob, synthetic_trace
-from backend.cli import main
 from backend.errors import BadInputError
-from backend.lanes import StepModel
 from backend.models import Lane
+from backend.scheduling.lanes import StepModel
+from cli import main
 from config.settings import load_settings
 
 LANE_KEYS = {"jobs", "p50_wait_s", "p99_wait_s", "p99_slowdown"}

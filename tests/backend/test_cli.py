@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from backend.cli import main
+from cli import main
 from storage.migrate import discover
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "backend.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -110,7 +110,7 @@ def test_bad_output_path_exits_2(
         "directory": tmp_path,
     }[where]
     if where == "unwritable":
-        monkeypatch.setattr("backend.cli.os.access", lambda *_args: False)
+        monkeypatch.setattr("cli.os.access", lambda *_args: False)
     assert main(["generate", "a cat", "-o", str(target)]) == 2
     assert "output" in capsys.readouterr().err
     assert not (engine_env / "imagine.db").exists()

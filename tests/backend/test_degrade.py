@@ -10,18 +10,12 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from backend.degrade import (
-    Cleared,
-    DegradeController,
-    HostLoad,
-    Ladder,
-    Level,
-    LoadSample,
-    Override,
-    Transition,
-    restrictions,
-)
-from backend.levelstore import LevelStore, MemoryLevelStore, RedisLevelStore
+from backend.degrade.base import LevelStore
+from backend.degrade.controller import DegradeController
+from backend.degrade.ladder import Ladder, Level, LoadSample, Transition, restrictions
+from backend.degrade.memory import MemoryLevelStore
+from backend.degrade.records import Cleared, HostLoad, Override
+from backend.degrade.redis import RedisLevelStore
 from backend.models import Lane
 from config.settings import DegradeSettings, Settings, load_settings
 from storage.db import Database

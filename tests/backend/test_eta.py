@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from backend.eta import CORRECTION_LIMIT, EtaModel
 from backend.models import Lane
+from backend.scheduling.eta import CORRECTION_LIMIT, EtaModel
 
 
 def test_an_idle_model_divides_work_ahead_by_the_device() -> None:

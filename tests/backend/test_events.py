@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from backend.events import EventBus, EventKind, JobEvent
+from backend.events.base import EventKind, JobEvent
+from backend.events.memory import EventBus
 
 
 async def test_subscriber_gets_events_until_final() -> None:

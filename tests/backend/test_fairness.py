@@ -7,10 +7,17 @@ from collections import Counter
 
 import pytest
 
-from backend.fairness import AgingPolicy, ClaimFilter, FairQueue, Ticket
-from backend.lanes import CostModel, StepModel, classify, lane_by_cost, rows_for
 from backend.models import Lane, Speed
-from backend.preemption import Candidate, Rules, Running, rank, steps_until_start, victims
+from backend.scheduling.fairness import AgingPolicy, ClaimFilter, FairQueue, Ticket
+from backend.scheduling.lanes import CostModel, StepModel, classify, lane_by_cost, rows_for
+from backend.scheduling.preemption import (
+    Candidate,
+    Rules,
+    Running,
+    rank,
+    steps_until_start,
+    victims,
+)
 from config.settings import load_settings
 
 AGING = AgingPolicy.from_seconds({Lane.REALTIME: 30, Lane.BATCH: 300, Lane.BACKGROUND: 3600}, 0.5)

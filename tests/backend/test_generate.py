@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from backend.events import EventKind, JobEvent
-from backend.generate import ProgressView
+from backend.events.base import EventKind, JobEvent
+from cli.generate import ProgressView
 
 
 class _Terminal(io.StringIO):

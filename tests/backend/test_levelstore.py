@@ -9,9 +9,13 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from backend.degrade import Cleared, HostLoad, Level, LoadSample, Override
+from backend.degrade import make_level_store
+from backend.degrade.base import LevelStore
+from backend.degrade.ladder import Level, LoadSample
+from backend.degrade.memory import MemoryLevelStore
+from backend.degrade.records import Cleared, HostLoad, Override
+from backend.degrade.redis import RedisLevelStore
 from backend.errors import BackendError
-from backend.levelstore import LevelStore, MemoryLevelStore, RedisLevelStore, make_level_store
 from config.settings import load_settings
 
 LOAD = HostLoad(Level.LIGHT, LoadSample(queue_len=120, p95_wait_s=30.0, utilization=0.8), 2)
@@ -165,8 +169,8 @@ async def test_redis_failures_become_backend_errors() -> None:
 
 async def test_the_factory_follows_the_queue_backend(redis_client: Redis) -> None:
     """Memory queue: memory store; Redis queue: a Redis store, which needs the client."""
-    assert isinstance(make_level_store(load_settings()), MemoryLevelStore)
+    assert isinstance(make_level_store(load_settings().queue), MemoryLevelStore)
     redis_settings = load_settings(queue={"backend": "redis"})
-    assert isinstance(make_level_store(redis_settings, redis_client), RedisLevelStore)
+    assert isinstance(make_level_store(redis_settings.queue, redis_client), RedisLevelStore)
     with pytest.raises(BackendError, match="no Redis client"):
-        make_level_store(redis_settings)
+        make_level_store(redis_settings.queue)

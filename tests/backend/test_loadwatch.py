@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 
 from backend.app import open_backend
-from backend.degrade import DegradeController, HostLoad, Level, LoadSample, Transition
+from backend.degrade.controller import DegradeController
+from backend.degrade.ladder import Level, LoadSample, Transition
+from backend.degrade.loadwatch import LoadMeter, LoadWatcher
+from backend.degrade.memory import MemoryLevelStore
+from backend.degrade.records import HostLoad
 from backend.errors import QueueError
-from backend.levelstore import MemoryLevelStore
-from backend.loadwatch import LoadMeter, LoadWatcher
 from backend.models import Job, JobSpec, Lane
 from backend.queue.memory import MemoryQueue
 from config.settings import Settings, load_settings

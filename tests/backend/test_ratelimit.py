@@ -12,19 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from backend.admission import make_buckets
+from backend.admission.base import TOKEN_SLACK, Bucket, BucketState, BucketStore, Charge, Scope
+from backend.admission.limits import Admission
+from backend.admission.memory import MemoryBuckets
+from backend.admission.redis import RedisBuckets
 from backend.errors import BackendError, BadInputError, RefusedError
-from backend.ratelimit import (
-    TOKEN_SLACK,
-    Admission,
-    Bucket,
-    BucketState,
-    BucketStore,
-    Charge,
-    MemoryBuckets,
-    RedisBuckets,
-    Scope,
-    make_buckets,
-)
 from config.settings import Settings, load_settings
 
 START_MS = 1_000_000
@@ -441,10 +434,10 @@ async def test_memory_store_forgets_buckets_that_would_be_full(clock: FakeClock)
 
 async def test_make_buckets_follows_the_queue_backend(redis_client: Redis) -> None:
     """Memory by default; Redis buckets in the queue's namespace when the queue is Redis."""
-    assert isinstance(make_buckets(Settings()), MemoryBuckets)
+    assert isinstance(make_buckets(Settings().queue), MemoryBuckets)
     on_redis = load_settings(queue={"backend": "redis", "namespace": "shop"})
-    store = make_buckets(on_redis, redis_client)
+    store = make_buckets(on_redis.queue, redis_client)
     assert isinstance(store, RedisBuckets)
     assert store.key(charge(Scope.USER, "7", capacity=1)) == "shop:rl:user:7"
     with pytest.raises(BackendError, match="no Redis client"):
-        make_buckets(on_redis)
+        make_buckets(on_redis.queue)

@@ -10,7 +10,7 @@ import pytest
 
 from backend.app import Backend, open_backend
 from backend.clock import usage_month, wall_ms
-from backend.degrade import Level
+from backend.degrade.ladder import Level
 from backend.errors import BadInputError, RefusedError
 from backend.models import JobSpec, Lane, Speed
 from backend.queue.memory import MemoryQueue

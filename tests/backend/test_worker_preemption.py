@@ -19,12 +19,13 @@ from PIL import Image
 
 from backend.catalog import ModelCatalog
 from backend.engine.types import EngineEvent, Outcome, Request
-from backend.events import EventBus, EventKind, JobEvent
+from backend.events.base import EventKind, JobEvent
+from backend.events.memory import EventBus
 from backend.models import JobSpec, Lane, Speed
-from backend.preemption import Rules
 from backend.queue.memory import MemoryQueue
+from backend.scheduling.preemption import Rules
 from backend.service import GenerationService
-from backend.worker import DeviceWorker, WorkerConfig
+from backend.worker.worker import DeviceWorker, WorkerConfig
 from config.settings import Settings, load_settings
 from storage.db import Database
 from storage.images import ImageStore

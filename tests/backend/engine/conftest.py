@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.engine.sampler import ModelRuntime
+from backend.engine.runtime import ModelRuntime
 from config.settings import ModelFamily
 
 

@@ -9,7 +9,8 @@ import torch
 
 from backend.engine import batch as batch_module
 from backend.engine.batch import BatchCore, BatchLimits, Outcome
-from backend.engine.sampler import ActiveJob, ModelRuntime, Request
+from backend.engine.runtime import ModelRuntime
+from backend.engine.sampler import ActiveJob, Request
 from backend.models import JobSpec
 
 SPEC = JobSpec(

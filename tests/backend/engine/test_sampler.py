@@ -13,15 +13,10 @@ from PIL import Image
 
 from backend.engine import state as checkpoints
 from backend.engine.batch import BatchCore, Outcome
-from backend.engine.sampler import (
-    ActiveJob,
-    JobError,
-    ModelRuntime,
-    Request,
-    denoise_step,
-    load_source_image,
-    stock_generate,
-)
+from backend.engine.runtime import ModelRuntime
+from backend.engine.sampler import ActiveJob, Request, denoise_step, stock_generate
+from backend.engine.source import load_source_image
+from backend.errors import CheckpointError, JobError
 from backend.models import JobSpec
 
 EXACT_SCHEDULERS = ["euler", "euler_a", "dpmpp_2m", "lcm"]
@@ -162,7 +157,7 @@ def test_checkpoint_is_small_and_safe(runtime: ModelRuntime) -> None:
     assert len(blob) < 3 * latent_bytes + 2 * 6000 + 4096
     restored = checkpoints.loads(blob)
     assert restored.step == 2 and len(restored.generator_states) == 2
-    with pytest.raises(checkpoints.CheckpointError):
+    with pytest.raises(CheckpointError):
         checkpoints.loads(b"not a checkpoint")
 
 

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from backend.errors import QueueError
-from backend.fairness import ClaimFilter
 from backend.models import Job, JobSpec, Lane
 from backend.queue.base import JobQueue
 from backend.queue.memory import MemoryQueue
 from backend.queue.redis import RedisQueue
+from backend.scheduling.fairness import ClaimFilter
 from tests.conftest import REDIS_URL
 
 

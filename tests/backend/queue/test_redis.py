@@ -13,12 +13,12 @@ import pytest
 from redis.asyncio import Redis
 
 from backend.errors import QueueError
-from backend.fairness import EVERYTHING, ClaimFilter
 from backend.models import Lane
 from backend.queue import aging_policy, make_queue
 from backend.queue.base import JobQueue, Lease
 from backend.queue.memory import MemoryQueue
 from backend.queue.redis import JOB_TTL_S, RedisQueue
+from backend.scheduling.fairness import EVERYTHING, ClaimFilter
 from config.settings import load_settings
 from tests.backend.queue.test_contract import FakeClock, make_job
 from tests.conftest import REDIS_URL

@@ -24,8 +24,8 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from backend.fairness import LANE_ORDER
 from backend.models import Lane
+from backend.scheduling.fairness import LANE_ORDER
 
 WINDOW_S = 600.0
 # Never assume the higher lanes leave less than this fraction of the device.

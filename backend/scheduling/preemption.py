@@ -11,8 +11,8 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from backend.fairness import LANE_ORDER
 from backend.models import Lane
+from backend.scheduling.fairness import LANE_ORDER
 
 if TYPE_CHECKING:
     from config.settings import SchedulerSettings

@@ -10,8 +10,8 @@ import torch
 from backend.engine.batch import BatchCore, BatchKey, BatchLimits, DeviceRunner
 from backend.engine.preview import PreviewMaker
 from backend.engine.registry import ModelRegistry
-from backend.engine.sampler import ModelRuntime
-from backend.worker import EngineFactory, EventSink
+from backend.engine.runtime import ModelRuntime
+from backend.engine.types import EngineFactory, EventSink
 from config.settings import EngineSettings
 
 log = structlog.get_logger(__name__)

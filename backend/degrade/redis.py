@@ -1,114 +1,24 @@
-"""Where the degradation override and each process's automatic level are shared.
-
-:class:`LevelStore` is the contract. :class:`MemoryLevelStore` serves one process (the
-embedded default: nobody else to share with); :class:`RedisLevelStore` serves every
-process on one Redis, the deployment the Redis queue is for.
-
-Redis keys, all under ``{namespace}:degrade:``:
-
-* ``override``: JSON of the last admin action, a pin (``{"level", "actor", "at_ms"}``)
-  or a clear (``level`` null), without a TTL: a restarting process must learn of a
-  clear as surely as of a pin.
-* ``hosts``: hash of process id to the JSON of its :class:`~backend.degrade.HostLoad`.
-* ``expiry``: sorted set of process ids by the time their entry expires. Expiry times
-  are the publisher's wall clock (as in the queue, so tests drive them), which assumes
-  the hosts' clocks agree to well within a TTL (NTP). Publishing drops expired entries
-  and reading ignores them; both keys expire a TTL after the last publish, so a stopped
-  deployment leaves nothing behind.
-"""
+"""The level store shared by every process on one Redis (``{namespace}:degrade:``)."""
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING
 
 import structlog
 from redis.exceptions import RedisError
 
 from backend.clock import wall_ms
-from backend.degrade import HostLoad, Override, OverrideRecord, override_from_dict
+from backend.degrade.base import T, _ttl_ms
+from backend.degrade.records import HostLoad, Override, OverrideRecord, override_from_dict
 from backend.errors import BackendError
-from config.settings import QueueBackend, Settings
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["LevelStore", "MemoryLevelStore", "RedisLevelStore", "make_level_store"]
 
 log = structlog.get_logger(__name__)
-
-T = TypeVar("T")
-
-
-@runtime_checkable
-class LevelStore(Protocol):
-    """The override and the processes' automatic levels, shared by everyone who reads them."""
-
-    async def read_override(self) -> OverrideRecord | None:
-        """The last override record (a pin or a clear); None if none was ever written."""
-        ...
-
-    async def write_override(self, record: OverrideRecord) -> None:
-        """Replace the override record."""
-        ...
-
-    async def seed_override(self, record: Override) -> OverrideRecord:
-        """Write ``record`` only if no record exists; the record stored afterwards."""
-        ...
-
-    async def publish(self, host_id: str, load: HostLoad, ttl_s: float) -> None:
-        """Share ``host_id``'s load until ``ttl_s`` from now (replacing its last one)."""
-        ...
-
-    async def hosts(self) -> dict[str, HostLoad]:
-        """The loads of every process whose entry has not expired, by process id."""
-        ...
-
-    async def withdraw(self, host_id: str) -> None:
-        """Drop ``host_id``'s entry now."""
-        ...
-
-
-def _ttl_ms(ttl_s: float) -> int:
-    if not ttl_s > 0:
-        raise ValueError(f"ttl_s must be positive, not {ttl_s}")
-    return math.ceil(ttl_s * 1000)
-
-
-class MemoryLevelStore:
-    """The store of a single process; entries expire by the injected clock."""
-
-    def __init__(self, *, now_ms: Callable[[], int] = wall_ms) -> None:
-        self._now_ms = now_ms
-        self._override: OverrideRecord | None = None
-        self._hosts: dict[str, tuple[HostLoad, int]] = {}
-
-    async def read_override(self) -> OverrideRecord | None:
-        return self._override
-
-    async def write_override(self, record: OverrideRecord) -> None:
-        self._override = record
-
-    async def seed_override(self, record: Override) -> OverrideRecord:
-        if self._override is None:
-            self._override = record
-        return self._override
-
-    async def publish(self, host_id: str, load: HostLoad, ttl_s: float) -> None:
-        now_ms = self._now_ms()
-        self._hosts = {host: kept for host, kept in self._hosts.items() if kept[1] > now_ms}
-        self._hosts[host_id] = (load, now_ms + _ttl_ms(ttl_s))
-
-    async def hosts(self) -> dict[str, HostLoad]:
-        now_ms = self._now_ms()
-        return {
-            host: load for host, (load, expires_ms) in self._hosts.items() if expires_ms > now_ms
-        }
-
-    async def withdraw(self, host_id: str) -> None:
-        self._hosts.pop(host_id, None)
 
 
 # KEYS: hosts hash, expiry sorted set. ARGV: host id, load JSON, now_ms, expires_at_ms,
@@ -125,6 +35,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return 1
 """
+
 
 # KEYS: hosts hash, expiry sorted set. ARGV: now_ms. Returns host, JSON, host, JSON...
 HOSTS_SCRIPT = """
@@ -216,19 +127,3 @@ class RedisLevelStore:
 
 def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
-
-
-def make_level_store(settings: Settings, redis_client: Redis | None = None) -> LevelStore:
-    """The store for ``settings.queue.backend``: with Redis, shared by every process on
-    that Redis; in memory, this process's alone."""
-
-    def redis_store() -> LevelStore:
-        if redis_client is None:
-            raise BackendError("queue.backend is 'redis' but make_level_store got no Redis client")
-        return RedisLevelStore(redis_client, settings.queue.namespace)
-
-    factories: dict[QueueBackend, Callable[[], LevelStore]] = {
-        QueueBackend.MEMORY: MemoryLevelStore,
-        QueueBackend.REDIS: redis_store,
-    }
-    return factories[settings.queue.backend]()

@@ -29,12 +29,14 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from backend.clock import monotonic_s
-from backend.degrade import DegradeController, HostLoad, LoadSample
+from backend.degrade.controller import DegradeController
+from backend.degrade.ladder import LoadSample
+from backend.degrade.records import HostLoad
 
 if TYPE_CHECKING:
     from backend.queue.base import JobQueue
     from storage.db import Database
-    from storage.repos import WaitCursor
+    from storage.repos.jobs import WaitCursor
 
 __all__ = [
     "BUSY_POLLS",

@@ -15,7 +15,7 @@ import structlog
 
 from backend.app import open_backend
 from backend.catalog import ModelCatalog
-from backend.events import EventKind, JobEvent
+from backend.events.base import EventKind, JobEvent
 from backend.prompt import PromptLimits, parse_prompt
 from config.settings import PromptSettings, Settings
 

@@ -181,7 +181,7 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
     SQLite at its next start)."""
     settings = _settings(args)
     from backend.app import load_degrade, shared_redis
-    from backend.degrade import Level
+    from backend.degrade.ladder import Level
     from storage.db import Database
 
     level = None
@@ -272,7 +272,7 @@ def _cmd_bench_queue(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from backend.generate import generate_to_file
+    from cli.generate import generate_to_file
 
     output = _checked_output(args.output) if args.output is not None else None
     path = asyncio.run(generate_to_file(settings, args.prompt, output, user_id=args.user_id))
@@ -292,7 +292,3 @@ def _checked_output(path: Path) -> Path:
     if path.suffix.lower() != ".png":
         raise BadInputError(f"output {path} must end in .png")
     return path
-
-
-if __name__ == "__main__":
-    sys.exit(main())

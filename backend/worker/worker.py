@@ -22,21 +22,28 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import structlog
 from PIL import Image
 
 from backend.catalog import ModelCatalog
 from backend.clock import usage_month, wall_ms
-from backend.engine.types import EngineEvent, Outcome, Request
+from backend.engine.types import EngineEvent, EngineFactory, Outcome, Request
 from backend.errors import BackendError, QueueError
-from backend.events import EventBus, EventKind, JobEvent
+from backend.events.base import EventKind, JobEvent
+from backend.events.memory import EventBus
 from backend.grid import encode_png, make_grid
-from backend.lanes import rows_for
 from backend.models import Job, JobSpec, JobState
-from backend.preemption import Candidate, Rules, Running, rank, steps_until_start, victims
 from backend.queue.base import EVERYTHING, ClaimFilter, Head, JobQueue, Lease
+from backend.scheduling.lanes import rows_for
+from backend.scheduling.preemption import (
+    Candidate,
+    Rules,
+    Running,
+    rank,
+    steps_until_start,
+    victims,
+)
 from storage.db import Database
 from storage.images import ImageStore
 
@@ -45,27 +52,6 @@ log = structlog.get_logger(__name__)
 GRID_INDEX = -1
 # Step boundaries whose scheduling overhead is kept for the benchmark and metrics.
 OVERHEAD_SAMPLES = 100_000
-EventSink = Callable[[EngineEvent], None]
-
-
-class DeviceEngine(Protocol):
-    """A device's engine as a worker drives it (``DeviceRunner``, or a fake in tests).
-
-    Events are delivered to the sink given at construction, on any thread.
-    """
-
-    def start(self) -> None: ...
-
-    def stop(self, timeout_s: float = 30.0) -> None: ...
-
-    def submit(self, request: Request, checkpoint: bytes | None = None) -> None: ...
-
-    def evict(self, job_id: str) -> None: ...
-
-    def cancel(self, job_id: str) -> None: ...
-
-
-EngineFactory = Callable[[EventSink], DeviceEngine]
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +279,7 @@ class DeviceWorker:
         source = job.meta.get("source_image")
         if source is None:
             return Request(job.id, spec)
-        from backend.engine.sampler import load_source_image
+        from backend.engine.source import load_source_image
 
         data = await asyncio.to_thread(Path(str(source)).read_bytes)
         image = await asyncio.to_thread(load_source_image, data, self.config.max_source_pixels)

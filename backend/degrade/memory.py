@@ -1,0 +1,47 @@
+"""The level store of one process (the embedded default)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from backend.clock import wall_ms
+from backend.degrade.base import _ttl_ms
+from backend.degrade.records import HostLoad, Override, OverrideRecord
+
+if TYPE_CHECKING:
+    pass
+
+
+class MemoryLevelStore:
+    """The store of a single process; entries expire by the injected clock."""
+
+    def __init__(self, *, now_ms: Callable[[], int] = wall_ms) -> None:
+        self._now_ms = now_ms
+        self._override: OverrideRecord | None = None
+        self._hosts: dict[str, tuple[HostLoad, int]] = {}
+
+    async def read_override(self) -> OverrideRecord | None:
+        return self._override
+
+    async def write_override(self, record: OverrideRecord) -> None:
+        self._override = record
+
+    async def seed_override(self, record: Override) -> OverrideRecord:
+        if self._override is None:
+            self._override = record
+        return self._override
+
+    async def publish(self, host_id: str, load: HostLoad, ttl_s: float) -> None:
+        now_ms = self._now_ms()
+        self._hosts = {host: kept for host, kept in self._hosts.items() if kept[1] > now_ms}
+        self._hosts[host_id] = (load, now_ms + _ttl_ms(ttl_s))
+
+    async def hosts(self) -> dict[str, HostLoad]:
+        now_ms = self._now_ms()
+        return {
+            host: load for host, (load, expires_ms) in self._hosts.items() if expires_ms > now_ms
+        }
+
+    async def withdraw(self, host_id: str) -> None:
+        self._hosts.pop(host_id, None)

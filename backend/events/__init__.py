@@ -1,0 +1,1 @@
+"""Job events: the bus contract and its implementations."""

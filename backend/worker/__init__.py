@@ -1,0 +1,1 @@
+"""The device worker and the ledger it records jobs through."""

@@ -1,0 +1,345 @@
+"""Jobs and their images: the lifecycle the queue drives, recorded."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from storage.errors import NotFoundError, StateConflictError
+from storage.repos.base import (
+    Params,
+    Session,
+    column_names,
+    ensure_guild,
+    ensure_user,
+    execute,
+    fetch_all,
+    fetch_one,
+    load_object,
+)
+
+JOB_STATES = ("submitted", "queued", "running", "succeeded", "failed", "cancelled")
+
+
+FINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+JOB_KINDS = frozenset({"imagine", "variation", "upscale", "reroll"})
+
+
+# A preempted or requeued job goes back to queued; a finished one never does.
+_REQUEUEABLE_STATES = ("submitted", "queued", "running")
+
+
+_JOB_COLUMNS = (
+    "id, kind, parent_job_id, user_id, guild_id, channel_id, spec_json, lane, state, "
+    "attempts, error, submitted_at_ms, queued_at_ms, started_at_ms, finished_at_ms, "
+    "delivered_at_ms, meta_json"
+)
+
+
+_IMAGE_COLUMNS = "job_id, idx, path, sha256, width, height"
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """A job's record: its spec as JSON, where it is, and when it got to each stage."""
+
+    id: str
+    kind: str
+    parent_job_id: str | None
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
+    spec_json: str
+    lane: str
+    state: str
+    attempts: int
+    error: str | None
+    submitted_at_ms: int
+    queued_at_ms: int | None
+    started_at_ms: int | None
+    finished_at_ms: int | None
+    delivered_at_ms: int | None
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WaitCursor:
+    """Where one :meth:`JobRepo.queue_waits` pass left off; hand it to the next pass.
+
+    ``started_after_ms`` is the latest start already reported. ``min_rowid`` is the rowid
+    of the oldest job that could still start (submitted, queued or running): jobs are
+    never inserted below it, so the next pass reads the table's tail from there instead
+    of every job ever run.
+    """
+
+    started_after_ms: int
+    min_rowid: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueWaits:
+    """How long jobs waited in the queue, as one pass over the jobs table saw it."""
+
+    # Waits of the attempts that started since the previous pass (start minus queued).
+    started_ms: tuple[int, ...]
+    # How long each job still queued has waited so far.
+    waiting_ms: tuple[int, ...]
+    cursor: WaitCursor
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRow:
+    """One stored image of a job; ``idx`` -1 is the grid, 0.. the samples."""
+
+    job_id: str
+    idx: int
+    path: str
+    sha256: str
+    width: int
+    height: int
+
+
+class JobRepo:
+    """Jobs and their lifecycle timestamps. The queue decides; this records."""
+
+    def __init__(self, db: Session) -> None:
+        self._db = db
+
+    async def insert(
+        self,
+        job_id: str,
+        user_id: int,
+        spec_json: str,
+        lane: str,
+        *,
+        guild_id: int | None = None,
+        channel_id: int | None = None,
+        kind: str = "imagine",
+        parent_job_id: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> JobRow:
+        """Record a submitted job, creating its user (and guild) rows if needed."""
+        if kind not in JOB_KINDS:
+            raise ValueError(f"job kind must be one of {sorted(JOB_KINDS)}, not {kind!r}")
+        async with self._db.transaction() as conn:
+            now = self._db.now_ms()
+            await ensure_user(conn, user_id, now)
+            if guild_id is not None:
+                await ensure_guild(conn, guild_id, now)
+            await execute(
+                conn,
+                "INSERT INTO jobs (id, kind, parent_job_id, user_id, guild_id, channel_id,"
+                " spec_json, lane, state, submitted_at_ms, meta_json)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'submitted', ?, ?)",
+                (
+                    job_id,
+                    kind,
+                    parent_job_id,
+                    user_id,
+                    guild_id,
+                    channel_id,
+                    spec_json,
+                    lane,
+                    now,
+                    json.dumps(meta or {}, separators=(",", ":")),
+                ),
+            )
+            row = await fetch_one(conn, f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        assert row is not None  # inserted above, in the same transaction
+        return _job(row)
+
+    async def mark_queued(self, job_id: str) -> None:
+        """The job is (again) waiting in the queue; a finished job cannot be requeued."""
+        placeholders = ", ".join("?" * len(_REQUEUEABLE_STATES))
+        async with self._db.transaction() as conn:
+            changed = await execute(
+                conn,
+                "UPDATE jobs SET state = 'queued', queued_at_ms = ?"
+                f" WHERE id = ? AND state IN ({placeholders})",
+                (self._db.now_ms(), job_id, *_REQUEUEABLE_STATES),
+            )
+            if not changed:
+                row = await fetch_one(conn, "SELECT state FROM jobs WHERE id = ?", (job_id,))
+                if row is None:
+                    raise NotFoundError("job", job_id)
+                raise StateConflictError(job_id, row["state"], "queued")
+
+    async def mark_started(self, job_id: str) -> None:
+        """A worker began an attempt at the job."""
+        await self._mark(
+            job_id,
+            "state = 'running', started_at_ms = ?, attempts = attempts + 1",
+            (self._db.now_ms(),),
+        )
+
+    async def mark_finished(self, job_id: str, state: str, error: str | None = None) -> None:
+        """The job ended in ``state`` (succeeded, failed or cancelled), with ``error`` if any."""
+        if state not in FINAL_JOB_STATES:
+            allowed = sorted(FINAL_JOB_STATES)
+            raise ValueError(f"final state must be one of {allowed}, not {state!r}")
+        await self._mark(
+            job_id, "state = ?, error = ?, finished_at_ms = ?", (state, error, self._db.now_ms())
+        )
+
+    async def save_checkpoint(self, job_id: str, checkpoint: bytes | None) -> None:
+        """Keep (or clear) a preempted job's saved state, so it survives the queue."""
+        await self._mark(job_id, "checkpoint = ?", (checkpoint,))
+
+    async def checkpoint(self, job_id: str) -> bytes | None:
+        async with self._db.reading() as conn:
+            row = await fetch_one(conn, "SELECT checkpoint FROM jobs WHERE id = ?", (job_id,))
+        return bytes(row["checkpoint"]) if row is not None and row["checkpoint"] else None
+
+    async def set_lane(self, job_id: str, lane: str) -> None:
+        await self._mark(job_id, "lane = ?", (lane,))
+
+    async def mark_delivered(self, job_id: str) -> None:
+        """The job's result reached the user."""
+        await self._mark(job_id, "delivered_at_ms = ?", (self._db.now_ms(),))
+
+    async def _mark(self, job_id: str, assignments: str, params: Params) -> None:
+        async with self._db.transaction() as conn:
+            changed = await execute(
+                conn, f"UPDATE jobs SET {assignments} WHERE id = ?", (*params, job_id)
+            )
+        if not changed:
+            raise NotFoundError("job", job_id)
+
+    async def get(self, job_id: str) -> JobRow | None:
+        """The job, or None if there is no such job."""
+        async with self._db.reading() as conn:
+            row = await fetch_one(conn, f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return _job(row) if row is not None else None
+
+    async def list_by_state(self, *states: str) -> list[JobRow]:
+        """Jobs in any of ``states``, oldest submission first."""
+        unknown = set(states) - set(JOB_STATES)
+        if unknown:
+            raise ValueError(f"unknown job states {sorted(unknown)}; known: {list(JOB_STATES)}")
+        if not states:
+            return []
+        placeholders = ", ".join("?" * len(states))
+        async with self._db.reading() as conn:
+            rows = await fetch_all(
+                conn,
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({placeholders})"
+                " ORDER BY submitted_at_ms, rowid",
+                states,
+            )
+        return [_job(row) for row in rows]
+
+    async def count_waiting(self, user_id: int) -> int:
+        """The user's jobs submitted or queued, not yet running or finished."""
+        async with self._db.reading() as conn:
+            row = await fetch_one(
+                conn,
+                "SELECT COUNT(*) AS n FROM jobs WHERE user_id = ?"
+                " AND state IN ('submitted', 'queued')",
+                (user_id,),
+            )
+        return int(row["n"]) if row is not None else 0
+
+    async def list_for_user(self, user_id: int, limit: int = 20) -> list[JobRow]:
+        """The user's ``limit`` most recent jobs, newest first."""
+        async with self._db.reading() as conn:
+            rows = await fetch_all(
+                conn,
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE user_id = ?"
+                " ORDER BY submitted_at_ms DESC, rowid DESC LIMIT ?",
+                (user_id, limit),
+            )
+        return [_job(row) for row in rows]
+
+    async def queue_waits(self, cursor: WaitCursor | None = None) -> QueueWaits:
+        """Queue waits since the pass that returned ``cursor`` (None: a first pass, which
+        reports only the jobs waiting now). A requeued job's wait counts from its requeue."""
+        async with self._db.reading() as conn:
+            now = self._db.now_ms()
+            started: tuple[int, ...] = ()
+            started_after_ms = now if cursor is None else cursor.started_after_ms
+            if cursor is not None:
+                rows = await fetch_all(
+                    conn,
+                    "SELECT started_at_ms, COALESCE(queued_at_ms, submitted_at_ms) AS queued_ms"
+                    " FROM jobs WHERE rowid >= ? AND started_at_ms > ?"
+                    " AND state NOT IN ('submitted', 'queued')",
+                    (cursor.min_rowid, cursor.started_after_ms),
+                )
+                started = tuple(max(0, row["started_at_ms"] - row["queued_ms"]) for row in rows)
+                started_after_ms = max([started_after_ms, *(row["started_at_ms"] for row in rows)])
+            rows = await fetch_all(
+                conn,
+                "SELECT COALESCE(queued_at_ms, submitted_at_ms) AS queued_ms"
+                " FROM jobs WHERE state = 'queued'",
+                (),
+            )
+            waiting = tuple(max(0, now - row["queued_ms"]) for row in rows)
+            row = await fetch_one(
+                conn,
+                "SELECT COALESCE("
+                "(SELECT MIN(rowid) FROM jobs WHERE state IN ('submitted', 'queued', 'running')),"
+                " (SELECT COALESCE(MAX(rowid), 0) + 1 FROM jobs)) AS min_rowid",
+                (),
+            )
+        assert row is not None  # an aggregate always returns a row
+        return QueueWaits(started, waiting, WaitCursor(started_after_ms, int(row["min_rowid"])))
+
+    async def count_by_state(self) -> dict[str, int]:
+        """How many jobs are in each state (every state present, zero if none)."""
+        async with self._db.reading() as conn:
+            rows = await fetch_all(conn, "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state", ())
+        counts = dict.fromkeys(JOB_STATES, 0)
+        counts.update({row["state"]: int(row["n"]) for row in rows})
+        return counts
+
+
+class ImageRepo:
+    """The images of each job; files live in the ImageStore, rows here."""
+
+    def __init__(self, db: Session) -> None:
+        self._db = db
+
+    async def add(
+        self, job_id: str, idx: int, path: str, sha256: str, width: int, height: int
+    ) -> ImageRow:
+        """Record image ``idx`` of the job, replacing an earlier one (a retried attempt)."""
+        async with self._db.transaction() as conn:
+            await execute(
+                conn,
+                f"INSERT OR REPLACE INTO images ({_IMAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, idx, path, sha256, width, height),
+            )
+        return ImageRow(job_id, idx, path, sha256, width, height)
+
+    async def list_for_job(self, job_id: str) -> list[ImageRow]:
+        """The job's images by index: the grid (-1) first, then the samples."""
+        async with self._db.reading() as conn:
+            rows = await fetch_all(
+                conn,
+                f"SELECT {_IMAGE_COLUMNS} FROM images WHERE job_id = ? ORDER BY idx",
+                (job_id,),
+            )
+        return [_image(row) for row in rows]
+
+    async def get(self, job_id: str, idx: int) -> ImageRow | None:
+        """Image ``idx`` of the job, or None."""
+        async with self._db.reading() as conn:
+            row = await fetch_one(
+                conn,
+                f"SELECT {_IMAGE_COLUMNS} FROM images WHERE job_id = ? AND idx = ?",
+                (job_id, idx),
+            )
+        return _image(row) if row is not None else None
+
+
+def _job(row: sqlite3.Row) -> JobRow:
+    values = {name: row[name] for name in column_names(_JOB_COLUMNS) if name != "meta_json"}
+    return JobRow(**values, meta=load_object(row["meta_json"]))
+
+
+def _image(row: sqlite3.Row) -> ImageRow:
+    return ImageRow(**{name: row[name] for name in column_names(_IMAGE_COLUMNS)})

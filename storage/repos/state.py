@@ -1,0 +1,36 @@
+"""Small JSON values the service keeps across restarts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from storage.repos.base import Session, execute, fetch_one
+
+
+class StateRepo:
+    """Small JSON values the service changes at run time and keeps across restarts."""
+
+    def __init__(self, db: Session) -> None:
+        self._db = db
+
+    async def get(self, key: str) -> Any:
+        async with self._db.reading() as conn:
+            row = await fetch_one(
+                conn, "SELECT value_json FROM service_state WHERE key = ?", (key,)
+            )
+        return json.loads(row["value_json"]) if row is not None else None
+
+    async def set(self, key: str, value: Any) -> None:
+        async with self._db.transaction() as conn:
+            await execute(
+                conn,
+                "INSERT INTO service_state (key, value_json, updated_at_ms) VALUES (?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value_json = excluded.value_json,"
+                " updated_at_ms = excluded.updated_at_ms",
+                (key, json.dumps(value, separators=(",", ":")), self._db.now_ms()),
+            )
+
+    async def delete(self, key: str) -> bool:
+        async with self._db.transaction() as conn:
+            return bool(await execute(conn, "DELETE FROM service_state WHERE key = ?", (key,)))
