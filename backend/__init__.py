@@ -1,0 +1,1 @@
+"""The generation service: facade, queues, scheduling policy, workers and the engine."""

@@ -16,7 +16,7 @@ from backend.clock import monotonic_s
 from backend.degrade import make_level_store
 from backend.degrade.controller import DegradeController
 from backend.degrade.loadwatch import LoadWatcher
-from backend.events.memory import EventBus
+from backend.events import EventBus, make_event_bus
 from backend.queue import JobQueue, make_queue
 from backend.service import GenerationService
 from config.settings import QueueBackend, Settings
@@ -33,6 +33,8 @@ log = structlog.get_logger(__name__)
 
 @dataclass(slots=True)
 class Backend:
+    """The running backend's parts, built by :func:`open_backend`."""
+
     settings: Settings
     db: Database
     images: ImageStore
@@ -58,16 +60,21 @@ async def open_backend(settings: Settings, *, local_worker: bool = True) -> Asyn
         redis_client = await stack.enter_async_context(shared_redis(settings))
         queue = make_queue(settings)
         stack.push_async_callback(queue.close)
-        events = EventBus()
+        events = make_event_bus(settings.queue)
         degrade = await load_degrade(settings, db, redis_client)
         service = GenerationService(
-            settings,
+            settings.scheduler,
+            settings.engine,
             db,
             queue,
             catalog,
             events,
-            admission=Admission(settings, make_buckets(settings.queue, redis_client)),
-            steps_factor=lambda: degrade.restrictions.steps_factor,
+            admission=Admission(
+                settings.scheduler.tiers,
+                settings.admission,
+                make_buckets(settings.queue, redis_client),
+            ),
+            restrictions=lambda: degrade.restrictions,
         )
         backend = Backend(settings, db, images, queue, catalog, events, service, degrade)
         restored = await service.reconcile()
@@ -99,7 +106,11 @@ async def load_degrade(
 ) -> DegradeController:
     """The degradation controller with the override restored (shared in Redis mode)."""
     degrade = DegradeController(
-        settings, db, monotonic_s, store=make_level_store(settings.queue, redis_client)
+        settings.degrade,
+        settings.scheduler.tiers,
+        db,
+        monotonic_s,
+        store=make_level_store(settings.queue, redis_client),
     )
     await degrade.load()
     return degrade
@@ -114,9 +125,11 @@ async def _local_worker(backend: Backend) -> AsyncIterator[None]:
     from backend.engine.hardware import pick_devices
     from backend.engine.registry import ModelRegistry
     from backend.scheduling.preemption import Rules
+    from backend.worker.ledger import make_ledger
     from backend.worker.worker import DeviceWorker, WorkerConfig
 
     settings = backend.settings
+    ledger = make_ledger(settings.queue, backend.db, backend.images)
     engine = settings.engine
     if engine.torch_threads is not None:
         import torch
@@ -143,8 +156,7 @@ async def _local_worker(backend: Backend) -> AsyncIterator[None]:
                 backend.queue,
                 make_engine_factory(registry, engine, str(device)),
                 backend.catalog,
-                backend.db,
-                backend.images,
+                ledger,
                 backend.events,
             )
             log.info("worker_starting", device=str(device), worker_id=config.worker_id)

@@ -22,6 +22,7 @@ class ModelCatalog:
 
     @property
     def names(self) -> list[str]:
+        """The declared model names, sorted."""
         return sorted(self._models)
 
     def get(self, name: str | None) -> ModelSettings:
@@ -48,4 +49,5 @@ class ModelCatalog:
 
     @staticmethod
     def is_builtin(model: ModelSettings) -> bool:
+        """Whether ``model`` is the built-in tiny pipeline (``builtin:tiny``)."""
         return model.source == BUILTIN_TINY

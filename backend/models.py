@@ -55,6 +55,7 @@ class JobState(StrEnum):
 
     @property
     def is_final(self) -> bool:
+        """Whether the job is over (succeeded, failed or cancelled)."""
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
@@ -85,6 +86,7 @@ class JobSpec:
         return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON values (aspect as a list, speed as its value)."""
         data = dataclasses.asdict(self)
         data["aspect"] = list(self.aspect)
         data["speed"] = self.speed.value if self.speed is not None else None
@@ -92,6 +94,7 @@ class JobSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        """A spec from :meth:`to_dict`'s form; unknown keys are ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["aspect"] = tuple(values.get("aspect", (1, 1)))
@@ -101,6 +104,7 @@ class JobSpec:
 
     @classmethod
     def from_json(cls, text: str) -> JobSpec:
+        """A spec from :meth:`to_json`'s text."""
         return cls.from_dict(json.loads(text))
 
 
@@ -124,6 +128,7 @@ class Job:
     max_running: int = 0
 
     def to_json(self) -> str:
+        """Serialize to compact JSON (the form queues and SQLite store)."""
         return json.dumps(
             {
                 "id": self.id,
@@ -145,6 +150,7 @@ class Job:
 
     @classmethod
     def from_json(cls, text: str) -> Job:
+        """A job from :meth:`to_json`'s text; optional fields it lacks take their defaults."""
         data = json.loads(text)
         return cls(
             id=data["id"],

@@ -14,14 +14,14 @@ import structlog
 from backend.admission.limits import Admission
 from backend.catalog import ModelCatalog
 from backend.clock import monotonic_s, usage_month, wall_ms
+from backend.degrade.ladder import Level, Restrictions
 from backend.errors import BadInputError, JobFailedError
-from backend.events.base import EventKind, JobEvent
-from backend.events.memory import EventBus, Subscription
-from backend.models import SEED_MAX, Job, JobSpec, Lane
+from backend.events.base import EventBus, EventKind, JobEvent, Subscription
+from backend.models import SEED_MAX, Job, JobSpec, JobState, Lane
 from backend.queue.base import LANE_ORDER, JobQueue
 from backend.scheduling.eta import EtaModel, queued_ahead_s
 from backend.scheduling.lanes import CostModel, LaneDecision, StepModel, classify, rows_for
-from config.settings import Settings, TierSettings
+from config.settings import EngineSettings, SchedulerSettings, TierSettings
 from storage.db import Database
 from storage.repos.jobs import JobRow
 
@@ -51,9 +51,12 @@ class QueueStatus:
 
 # Estimates kept for the correction, per job, until the job starts (bounded).
 MAX_TRACKED_ESTIMATES = 100_000
+UNRESTRICTED = Restrictions(Level.NORMAL)
 
 
 class JobKind(StrEnum):
+    """How a job came about: a fresh prompt, or a follow-up of a finished one."""
+
     IMAGINE = "imagine"
     VARIATION = "variation"
     UPSCALE = "upscale"
@@ -61,11 +64,17 @@ class JobKind(StrEnum):
 
 
 class GenerationService:
-    """Validates, records and queues jobs; reports their progress."""
+    """Validates, records and queues jobs; reports their progress.
+
+    Reads the scheduler settings (tiers, lanes, the cost model) and the engine
+    settings (rows per device, follow-up strengths); models come from the catalog.
+    ``restrictions`` gives the degradation level's restrictions at each submit.
+    """
 
     def __init__(
         self,
-        settings: Settings,
+        scheduler: SchedulerSettings,
+        engine: EngineSettings,
         db: Database,
         queue: JobQueue,
         catalog: ModelCatalog,
@@ -73,17 +82,18 @@ class GenerationService:
         *,
         cost: CostModel | None = None,
         admission: Admission | None = None,
-        steps_factor: Callable[[], float] = lambda: 1.0,
+        restrictions: Callable[[], Restrictions] = lambda: UNRESTRICTED,
     ) -> None:
-        self.settings = settings
+        self.scheduler = scheduler
+        self.engine = engine
         self.db = db
         self.queue = queue
         self.catalog = catalog
         self.events = events
-        self.cost = cost or CostModel(StepModel.from_settings(settings.scheduler))
+        self.cost = cost or CostModel(StepModel.from_settings(scheduler))
         self.admission = admission
         # The degradation ladder's light level runs fewer steps than asked for.
-        self._steps_factor = steps_factor
+        self._restrictions = restrictions
         self.eta = EtaModel()
         # Seconds until a device could take a job (the local workers'), if known.
         self.device_delay_s: Callable[[Job], float] | None = None
@@ -109,9 +119,11 @@ class GenerationService:
         self.catalog.get(spec.model)
         tier_name, tier = await self._tier(user_id)
         resolved = self.catalog.resolve(spec)
-        factor = self._steps_factor()
-        if factor < 1.0 and resolved.steps is not None:
-            spec = replace(spec, steps=max(1, round(resolved.steps * factor)))
+        restricted = self._restrictions()
+        # Only a degraded level rewrites the spec, so steps a prompt left to the model
+        # are stored unset otherwise.
+        if restricted.steps_factor < 1.0 and resolved.steps is not None:
+            spec = replace(spec, steps=restricted.apply_steps(resolved.steps))
             resolved = replace(resolved, steps=spec.steps)
         decision = await self._classify(resolved, user_id, tier_name, tier)
         if self.admission is not None:
@@ -171,14 +183,15 @@ class GenerationService:
     async def status(self, job_id: str) -> QueueStatus | None:
         """A queued job's position and estimated start and finish; None unless queued."""
         row = await self.db.jobs.get(job_id)
-        if row is None or row.state != "queued":
+        if row is None or row.state != JobState.QUEUED:
             return None
         job = await self._job_of(row)
         return await self._status_of(job)
 
     async def _status_of(self, job: Job) -> QueueStatus | None:
         """From the queue's position and queued work per lane (see
-        :func:`backend.eta.queued_ahead_s`) and the local devices' running batches."""
+        :func:`backend.scheduling.eta.queued_ahead_s`) and the local devices' running
+        batches."""
         position = await self.queue.position(job.id)
         if position is None:
             return None
@@ -207,7 +220,7 @@ class GenerationService:
         """The user's tier (created on first sight); a tier the settings no longer
         declare counts as the default tier."""
         user = await self.db.users.ensure(user_id)
-        scheduler = self.settings.scheduler
+        scheduler = self.scheduler
         name = user.tier if user.tier in scheduler.tiers else scheduler.default_tier
         return name, scheduler.tiers[name]
 
@@ -229,7 +242,7 @@ class GenerationService:
         """The lane from the estimated cost, the requested speed, the tier and what is
         left of the user's fast budget this month; a job no device holds is refused."""
         rows = rows_for(spec.n, spec.guidance)
-        limit = self.settings.engine.max_batch_rows
+        limit = self.engine.max_batch_rows
         if rows > limit:
             raise BadInputError(
                 f"this job needs {rows} UNet rows ({spec.n} samples"
@@ -241,9 +254,7 @@ class GenerationService:
         if tier.fast_budget_gpu_s is not None:
             used = await self.db.usage.get(user_id, usage_month(wall_ms()))
             fast_left = tier.fast_budget_gpu_s - used.fast_gpu_s
-        return classify(
-            cost_s, spec.speed, tier_name, tier, self.settings.scheduler, fast_left_s=fast_left
-        )
+        return classify(cost_s, spec.speed, tier_name, tier, self.scheduler, fast_left_s=fast_left)
 
     async def reconcile(self) -> int:
         """Re-enqueue the jobs SQLite holds as queued or running that the queue lost
@@ -251,11 +262,11 @@ class GenerationService:
         idempotent, so jobs the queue still has stay as they are. A re-enqueued job
         resumes from the checkpoint SQLite kept for it, if any. Returns how many."""
         restored = 0
-        for row in await self.db.jobs.list_by_state("queued", "running"):
+        for row in await self.db.jobs.list_by_state(JobState.QUEUED, JobState.RUNNING):
             job = await self._job_of(row)
             if await self.queue.enqueue(job):
                 restored += 1
-                if row.state == "running":
+                if row.state == JobState.RUNNING:
                     await self.db.jobs.mark_queued(row.id)
                 log.warning("job_reconciled", job_id=row.id, was=row.state)
         return restored
@@ -294,7 +305,7 @@ class GenerationService:
         parent = await self.db.jobs.get(parent_job_id)
         if parent is None:
             raise BadInputError(f"no job {parent_job_id!r}")
-        if parent.state != "succeeded":
+        if parent.state != JobState.SUCCEEDED:
             raise BadInputError(f"job {parent_job_id!r} has no images (it is {parent.state})")
         spec = JobSpec.from_json(parent.spec_json)
         seed = (rng or random.SystemRandom()).randrange(SEED_MAX + 1)
@@ -308,7 +319,7 @@ class GenerationService:
             if image is None:
                 raise BadInputError(f"job {parent_job_id!r} has no sample {index + 1}")
             meta["source_image"] = image.path
-            engine = self.settings.engine
+            engine = self.engine
             if kind is JobKind.VARIATION:
                 meta["strength"] = engine.variation_strength
                 derived = replace(spec, seed=seed)
@@ -337,6 +348,7 @@ class GenerationService:
 
     @staticmethod
     def new_job_id() -> str:
+        """A fresh job id, to :meth:`follow` a job before submitting it."""
         return uuid.uuid4().hex
 
     def follow(self, job_id: str) -> Subscription:
@@ -352,6 +364,7 @@ class GenerationService:
 
     @staticmethod
     def result_of(event: JobEvent) -> JobResult:
+        """The images of a job's final event; raises JobFailedError unless it succeeded."""
         if event.kind is not EventKind.SUCCEEDED:
             raise JobFailedError(event.job_id, event.error or event.kind.value)
         return JobResult(event.job_id, event.images[0], event.images[1:])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import os
 import shutil
@@ -9,17 +11,56 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import structlog
 
 from backend.app import open_backend
 from backend.catalog import ModelCatalog
+from backend.errors import BadInputError
 from backend.events.base import EventKind, JobEvent
 from backend.prompt import PromptLimits, parse_prompt
+from cli.common import EXIT_OK, settings_for
+from config.logging import is_terminal
 from config.settings import PromptSettings, Settings
 
+if TYPE_CHECKING:
+    from cli.common import Commands
+
 log = structlog.get_logger(__name__)
+
+
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """Add ``imagine generate`` to the command line."""
+    generate = commands.add_parser(
+        "generate", parents=[common], help="generate an image grid from a prompt, no Discord"
+    )
+    generate.add_argument("prompt", help='prompt with flags, e.g. "a lighthouse --ar 16:9"')
+    generate.add_argument("-o", "--output", type=Path, help="also write the grid PNG here")
+    generate.add_argument("--user-id", type=int, default=0, help="user to account the job to")
+    generate.set_defaults(func=_cmd_generate)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    settings = settings_for(args)
+    output = checked_output(args.output) if args.output is not None else None
+    path = asyncio.run(generate_to_file(settings, args.prompt, output, user_id=args.user_id))
+    print(path)
+    return EXIT_OK
+
+
+def checked_output(path: Path) -> Path:
+    """Refuse an output path we could not write, before any work is done."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise BadInputError(f"output {path} is a directory; give a file name such as grid.png")
+    if not parent.is_dir():
+        raise BadInputError(f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInputError(f"output directory {parent} is not writable")
+    if path.suffix.lower() != ".png":
+        raise BadInputError(f"output {path} must end in .png")
+    return path
 
 
 def prompt_limits(settings: PromptSettings) -> PromptLimits:
@@ -82,12 +123,13 @@ class ProgressView:
 
     def __init__(self, stream: TextIO, width: int = 30) -> None:
         self._stream = stream
-        self._tty = _isatty(stream)
+        self._tty = is_terminal(stream)
         self._width = width
         self._started = time.monotonic()
         self._drawn = False
 
     def show(self, event: JobEvent) -> None:
+        """Redraw the bar for a step (on a terminal); log a stage change as one line."""
         if event.kind is EventKind.STEP:
             if self._tty:
                 self._draw(event)
@@ -109,14 +151,8 @@ class ProgressView:
         self._drawn = True
 
     def close(self) -> None:
+        """End the bar's line, so whatever is written next starts on its own."""
         if self._drawn:
             self._stream.write("\n")
             self._stream.flush()
             self._drawn = False
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False

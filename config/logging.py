@@ -80,7 +80,7 @@ def _stdlib_message(_logger: Any, _method: str, event_dict: EventDict) -> EventD
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog and the root logger once for the process (idempotent)."""
     out = stream if stream is not None else sys.stderr
-    json_output = fmt == "json" or (fmt == "auto" and not _isatty(out))
+    json_output = fmt == "json" or (fmt == "auto" and not is_terminal(out))
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -90,7 +90,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     renderer: Processor = (
         structlog.processors.JSONRenderer()
         if json_output
-        else structlog.dev.ConsoleRenderer(colors=_isatty(out))
+        else structlog.dev.ConsoleRenderer(colors=is_terminal(out))
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, _stdlib_message],
@@ -124,7 +124,9 @@ def _quiet_loggers() -> Iterable[str]:
     return ("discord.gateway", "discord.http", "aiosqlite", "PIL", "urllib3", "httpx")
 
 
-def _isatty(stream: TextIO) -> bool:
+def is_terminal(stream: TextIO) -> bool:
+    """Whether ``stream`` is an interactive terminal; a stream without ``isatty`` or a
+    closed one is not."""
     try:
         return stream.isatty()
     except (AttributeError, ValueError):

@@ -41,6 +41,8 @@ class _Section(BaseModel):
 
 
 class LogFormat(StrEnum):
+    """How log lines are rendered; ``auto`` picks console on a terminal, JSON otherwise."""
+
     AUTO = "auto"
     CONSOLE = "console"
     JSON = "json"
@@ -61,6 +63,8 @@ class DiscordSettings(_Section):
 
 
 class QueueBackend(StrEnum):
+    """Where queued work (and the shared admission and degradation state) lives."""
+
     MEMORY = "memory"
     REDIS = "redis"
 
@@ -75,6 +79,8 @@ class QueueSettings(_Section):
 
 
 class ModelFamily(StrEnum):
+    """The pipeline architecture a model's components follow."""
+
     SD15 = "sd15"
     SD2 = "sd2"
     SDXL = "sdxl"
@@ -295,19 +301,23 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file's values arrive as init arguments; the environment overrides them.
+        """Sources by precedence: the environment, then the file's values (passed as init
+        arguments); no dotenv or secrets directory."""
         return (env_settings, init_settings)
 
     @property
     def database_path(self) -> Path:
+        """The SQLite system of record, inside the data directory."""
         return self.data_dir / "imagine.db"
 
     @property
     def images_dir(self) -> Path:
+        """Where generated images are stored, inside the data directory."""
         return self.data_dir / "images"
 
     @property
     def models_dir(self) -> Path:
+        """Where built models (the tiny one) live, inside the data directory."""
         return self.data_dir / "models"
 
     def require_discord_token(self) -> str:

@@ -44,6 +44,7 @@ class Migration:
 
     @property
     def filename(self) -> str:
+        """The file name this migration is read from (``NNNN_name.sql``)."""
         return f"{self.version:04d}_{self.name}.sql"
 
 

@@ -10,11 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
-
-if TYPE_CHECKING:
-    pass
-
+from typing import Protocol, runtime_checkable
 
 # Tokens are floats: a caller who waits exactly the promised retry_after_s must not be
 # refused because rate * elapsed rounded to 0.9999999999. A take within this of the cost
@@ -126,5 +122,7 @@ class BucketStore(Protocol):
         ...
 
 
-def _worst(refusals: list[Refusal]) -> Refusal | None:
+def worst_refusal(refusals: Sequence[Refusal]) -> Refusal | None:
+    """The refusal with the longest wait (None if there is none): retrying any sooner
+    would be refused again."""
     return max(refusals, key=lambda refusal: refusal.retry_after_s, default=None)

@@ -3,15 +3,15 @@ global, and refusals turned into :class:`RefusedError`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from backend.admission.base import Bucket, BucketStore, Charge, Scope
 from backend.errors import BadInputError, RefusedError
-from config.settings import Settings
 
 if TYPE_CHECKING:
-    pass
+    from config.settings import AdmissionSettings, TierSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +34,18 @@ class Admission:
 
     Checked in order: the user's queued jobs against the tier's cap (which takes no
     token), then one token each from the user's, the guild's and the global bucket,
-    all or nothing.
+    all or nothing. ``tiers`` size the users' buckets and caps, ``settings`` the guilds'
+    and the global one.
     """
 
-    def __init__(self, settings: Settings, store: BucketStore) -> None:
+    def __init__(
+        self,
+        tiers: Mapping[str, TierSettings],
+        settings: AdmissionSettings,
+        store: BucketStore,
+    ) -> None:
         self._store = store
-        self._tiers = settings.scheduler.tiers
+        self._tiers = tiers
         self._users = {
             name: _Limit(
                 Bucket.per_minute(tier.rate_per_min, tier.burst),
@@ -47,14 +53,13 @@ class Admission:
             )
             for name, tier in self._tiers.items()
         }
-        admission = settings.admission
         self._guild = _Limit(
-            Bucket.per_minute(admission.guild_per_min),
-            _describe_rate("this server", admission.guild_per_min, None),
+            Bucket.per_minute(settings.guild_per_min),
+            _describe_rate("this server", settings.guild_per_min, None),
         )
         self._global = _Limit(
-            Bucket.per_minute(admission.global_per_min),
-            _describe_rate("the service", admission.global_per_min, None),
+            Bucket.per_minute(settings.global_per_min),
+            _describe_rate("the service", settings.global_per_min, None),
         )
 
     async def admit(

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
-from backend.admission.base import BucketState, Charge, Refusal, Scope, _worst
+from backend.admission.base import BucketState, Charge, Refusal, Scope, worst_refusal
 from backend.clock import wall_ms
-
-if TYPE_CHECKING:
-    pass
 
 
 class MemoryBuckets:
@@ -24,6 +20,7 @@ class MemoryBuckets:
         self._takes = 0
 
     async def take(self, charges: Sequence[Charge]) -> Refusal | None:
+        """One token from every charge's bucket, or none; the worst refusal if refused."""
         now_ms = self._now_ms()
         self._sweep(now_ms)
         takes = []
@@ -37,7 +34,7 @@ class MemoryBuckets:
             if not take.allowed
         ]
         if refused:
-            return _worst(refused)
+            return worst_refusal(refused)
         for charge, take in zip(charges, takes, strict=True):
             expires_at_ms = now_ms + charge.bucket.expire_after_ms
             self._states[(charge.scope, charge.id)] = (take.state, expires_at_ms)

@@ -79,6 +79,7 @@ class RedisBuckets:
         return f"{self._namespace}:rl:{charge.scope.value}:{charge.id}"
 
     async def take(self, charges: Sequence[Charge]) -> Refusal | None:
+        """One token from every charge's bucket or none, in one script run."""
         args: list[str | int] = [self._now_ms(), "1", repr(TOKEN_SLACK)]
         for charge in charges:
             bucket = charge.bucket

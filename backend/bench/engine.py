@@ -32,6 +32,9 @@ DEFAULT_BATCHES = (1, 2, 4, 8, 16)
 
 @dataclass(frozen=True, slots=True)
 class EngineBenchConfig:
+    """What ``imagine bench engine`` measures: one job shape (``model`` None for the
+    default model) at each of the ``batches`` sizes, ``repeats`` timed runs each."""
+
     model: str | None = None
     width: int = 64
     height: int = 64

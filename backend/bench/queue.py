@@ -11,7 +11,6 @@ the claim phase holds every lease until the ack phase, and capped users would ru
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
@@ -179,53 +178,3 @@ def _table(figures: dict[str, QueueFigures]) -> list[str]:
         verdict = "met" if one.ops_s >= target else "MISSED"
         lines.append(f"target {name}: >= {target:,} ops/s, {verdict}")
     return lines
-
-
-# -- command line ------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``imagine bench queue``."""
-    parser.add_argument("--backend", choices=(*BACKENDS, "all"), default="all")
-    parser.add_argument("--ops", type=_count(1), default=5000, help="jobs per timed phase")
-    parser.add_argument(
-        "--preload", type=_count(0), default=10_000, help="jobs queued before timing"
-    )
-    parser.add_argument("--redis-url", help="default: queue.redis_url of the settings")
-    parser.add_argument("--json", action="store_true", help="end with one JSON line")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run ``imagine bench queue`` with parsed ``args``; the exit status."""
-    backends = list(BACKENDS) if args.backend == "all" else [args.backend]
-    redis_url = args.redis_url or ""
-    namespace = "imagine"
-    if "redis" in backends:
-        from config.settings import load_settings
-
-        settings = load_settings(getattr(args, "config", None))
-        redis_url = redis_url or settings.queue.redis_url.get_secret_value()
-        namespace = settings.queue.namespace
-    run_queue_bench(
-        backends=backends,
-        ops=args.ops,
-        preload=args.preload,
-        redis_url=redis_url,
-        namespace=namespace,
-        as_json=args.json,
-        emit=lambda line: print(line, flush=True),
-    )
-    return 0
-
-
-def _count(least: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"{value} must be at least {least}")
-        return value
-
-    return parse

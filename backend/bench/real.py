@@ -26,10 +26,8 @@ first step, in the run's own (scaled) seconds.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import bisect
-import json
 import math
 import tempfile
 import time
@@ -38,12 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backend.bench.sim import service_time
-from backend.bench.trace import TraceJob, read_trace, synthetic_trace, write_trace
+from backend.bench.trace import TraceJob
 from backend.catalog import ModelCatalog
 from backend.errors import BackendError, BadInputError, RefusedError
-from backend.events.base import EventKind
-from backend.events.memory import Subscription
+from backend.events.base import EventKind, Subscription
 from backend.models import SIZE_MULTIPLE, JobSpec, Lane
 from backend.scheduling.fairness import LANE_ORDER
 from backend.scheduling.lanes import CostModel, StepModel, lane_by_cost, rows_for
@@ -95,6 +91,7 @@ def scaled_side(px: int) -> int:
 
 
 def scaled_steps(steps: int) -> int:
+    """A trace job's step count as the real run's (see the module's docstring)."""
     return max(MIN_STEPS, math.ceil(steps / STEPS_DIVISOR))
 
 
@@ -358,6 +355,7 @@ async def _submit_all(
 
 
 async def _follow(subscription: Subscription, seen: _Seen) -> None:
+    # Only what the figures need: first start, preemptions, the final outcome.
     async for event in subscription:
         if event.kind is EventKind.STARTED and seen.started_ms is None:
             seen.started_ms = event.at_ms
@@ -460,30 +458,3 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)
-
-
-# -- the command line --------------------------------------------------------------------
-
-
-def main(settings: Settings, args: argparse.Namespace) -> int:
-    """``imagine bench scheduler --real``; the options are the simulation's where they apply."""
-    if args.out is not None or args.step_times is not None:
-        raise BadInputError("--out and --step-times apply to the simulation, not to --real")
-    if args.trace is not None:
-        trace = read_trace(args.trace, tiers=settings.scheduler.tiers)
-    else:
-        trace = synthetic_trace(
-            seed=args.seed,
-            jobs=REAL_JOBS if args.jobs is None else args.jobs,
-            load=args.load,
-            mean_service_s=service_time(StepModel.from_settings(settings.scheduler)),
-        )
-    if args.save_trace is not None:
-        write_trace(args.save_trace, trace)
-    result = run_real(
-        settings, trace, time_scale=args.time_scale, say=lambda line: print(line, flush=True)
-    )
-    print(markdown_table(result))
-    if args.json:
-        print(json.dumps(result, separators=(",", ":")))
-    return 0

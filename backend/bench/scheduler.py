@@ -1,5 +1,5 @@
-"""The scheduler benchmark's figures, targets and command line (the simulation itself
-is in :mod:`backend.bench.sim`).
+"""The scheduler benchmark's figures and targets (the simulation itself is in
+:mod:`backend.bench.sim`).
 
 Definitions, as the report prints them:
 
@@ -19,7 +19,6 @@ Definitions, as the report prints them:
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -37,9 +36,8 @@ from backend.bench.sim import (
     TableStepModel,
     build_jobs,
     run_policy,
-    service_time,
 )
-from backend.bench.trace import TraceJob, read_trace, synthetic_trace
+from backend.bench.trace import TraceJob
 from backend.errors import BadInputError
 from backend.models import Lane
 from backend.scheduling.fairness import LANE_ORDER, AgingPolicy
@@ -48,19 +46,24 @@ from backend.stats import percentile
 from config.settings import SchedulerSettings, Settings
 
 Flow = tuple[Lane, str]
+# The synthetic trace's length unless one is asked for.
+SYNTHETIC_JOBS = 3000
 
 
 def wait_s(job: SimJob) -> float:
+    """From the job's arrival to its first step, in seconds."""
     assert job.first_start_s is not None
     return job.first_start_s - job.trace.t_s
 
 
 def sojourn_s(job: SimJob) -> float:
+    """From the job's arrival to its end, in seconds."""
     assert job.finish_s is not None
     return job.finish_s - job.trace.t_s
 
 
 def jain_index(values: Sequence[float]) -> float:
+    """Jain's index of ``values``: 1 when all are equal, down to 1/n when one has all."""
     total = sum(values)
     squares = sum(v * v for v in values)
     return total * total / (len(values) * squares) if squares > 0 else 1.0
@@ -157,6 +160,8 @@ def fairness(
 def policy_metrics(
     stats: RunStats, settings: SchedulerSettings, *, fair_min_jobs: float = FAIR_MIN_JOBS
 ) -> dict[str, Any]:
+    """One policy's figures: waits and slowdowns per lane, utilisation, batching,
+    preemptions, fairness and the lowest tier's worst wait against its bound."""
     jobs = stats.jobs
     lanes: dict[str, Any] = {}
     for lane in LANE_ORDER:
@@ -302,99 +307,21 @@ def run_scheduler_bench(
     return result, waits, busy
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from backend.bench import real
-
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--trace", type=Path, help="JSON Lines trace, one job per line")
-    source.add_argument(
-        "--synthetic", action="store_true", help="the default synthetic trace (the default)"
-    )
-    parser.add_argument("--seed", type=int, default=1, help="synthetic trace seed")
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        help=f"synthetic trace length (default: 3000, or {real.REAL_JOBS} with --real)",
-    )
-    parser.add_argument("--load", type=float, default=0.85, help="offered load vs capacity")
-    parser.add_argument(
-        "--step-times",
-        type=Path,
-        help="an `imagine bench engine --json` result to use as the device",
-    )
-    parser.add_argument(
-        "--policies",
-        default=",".join(POLICIES),
-        help=f"comma-separated subset of {','.join(POLICIES)}",
-    )
-    parser.add_argument(
-        "--fair-min-jobs",
-        type=float,
-        default=FAIR_MIN_JOBS,
-        help="Jain counts flows whose fair share is at least this many of their jobs",
-    )
-    parser.add_argument("--out", type=Path, help="write report.md, result.json and PNG plots here")
-    parser.add_argument("--save-trace", type=Path, help="also write the trace used as JSON Lines")
-    parser.add_argument("--json", action="store_true", help="end with one JSON line")
-    parser.add_argument(
-        "--real",
-        action="store_true",
-        help="replay a short trace through the real engine (tiny model, CPU) and report "
-        "the scheduler's overhead per step",
-    )
-    parser.add_argument(
-        "--time-scale",
-        type=float,
-        default=real.TIME_SCALE,
-        help="with --real: seconds of the run per trace second",
-    )
-
-
-def main(settings: Settings, args: argparse.Namespace) -> int:
-    if args.real:
-        from backend.bench import real
-
-        return real.main(settings, args)
-    if args.jobs is None:
-        args.jobs = 3000
-    from backend.bench.report import markdown_table, write_report
-    from backend.bench.trace import write_trace
-
-    policies = [name.strip() for name in str(args.policies).split(",") if name.strip()]
-    unknown = sorted(set(policies) - set(POLICIES))
-    if unknown or not policies:
+def check_policies(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` as given, refusing an empty list or a name that is not a policy."""
+    unknown = sorted(set(names) - set(POLICIES))
+    if unknown or not names:
         raise BadInputError(f"unknown policies {unknown}; choose from {', '.join(POLICIES)}")
-    step_model = _step_model(settings, args.step_times)
-    if args.trace is not None:
-        trace = read_trace(args.trace, tiers=settings.scheduler.tiers)
-    else:
-        trace = synthetic_trace(
-            seed=args.seed, jobs=args.jobs, load=args.load, mean_service_s=service_time(step_model)
-        )
-    if args.save_trace is not None:
-        write_trace(args.save_trace, trace)
-    result, waits, busy = run_scheduler_bench(
-        settings,
-        trace,
-        step_model=step_model,
-        policies=policies,
-        fair_min_jobs=args.fair_min_jobs,
-        say=lambda line: print(line, flush=True),
-    )
-    print(markdown_table(result))
-    if args.out is not None:
-        for path in write_report(args.out, result, waits, busy):
-            print(f"wrote {path}")
-    if args.json:
-        print(json.dumps(result, separators=(",", ":")))
-    return 0
+    return tuple(names)
 
 
-def _step_model(settings: Settings, path: Path | None) -> StepTimes:
+def load_step_model(settings: SchedulerSettings, path: Path | None) -> StepTimes:
+    """The simulated device's step times: the table of an ``imagine bench engine --json``
+    result at ``path`` (its last line), else the configured step model."""
     if path is None:
-        return StepModel.from_settings(settings.scheduler)
+        return StepModel.from_settings(settings)
     try:
         data = json.loads(path.read_text(encoding="utf-8").strip().splitlines()[-1])
     except (OSError, ValueError, IndexError) as exc:
         raise BadInputError(f"--step-times {path}: cannot read a JSON result ({exc})") from exc
-    return TableStepModel.from_engine_json(data)
+    return TableStepModel.from_engine_json(data, settings.step_pixel_exponent)

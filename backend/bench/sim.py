@@ -2,11 +2,12 @@
 a simulated device, and measure waits, slowdowns, utilization and fairness.
 
 The policies ``fair_nopreempt`` and ``ours`` run the production policy code itself:
-lanes from :mod:`backend.lanes`, fair queuing and aging from
-:class:`backend.fairness.FairQueue`, eviction choices from :mod:`backend.preemption`,
-and start-time estimates from :mod:`backend.eta`. The baselines are the textbook
-schedulers they are measured against. Every policy sees the same jobs in the same
-lanes (our classifier assigns them), on the same simulated device.
+lanes from :mod:`backend.scheduling.lanes`, fair queuing and aging from
+:class:`backend.scheduling.fairness.FairQueue`, eviction choices from
+:mod:`backend.scheduling.preemption`, and start-time estimates from
+:mod:`backend.scheduling.eta`, all with the scheduler settings' values. The baselines
+are the textbook schedulers they are measured against. Every policy sees the same jobs
+in the same lanes (our classifier assigns them), on the same simulated device.
 
 The device runs one batch at a time, of one latent shape, one denoising step per
 iteration; jobs join and leave at step boundaries (continuous batching) and a step
@@ -20,7 +21,7 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from backend.bench.trace import TraceJob
@@ -28,7 +29,7 @@ from backend.errors import BadInputError
 from backend.models import Lane
 from backend.scheduling.eta import EtaModel, queued_ahead_s
 from backend.scheduling.fairness import LANE_ORDER, AgingPolicy, FairQueue, Ticket
-from backend.scheduling.lanes import CostModel, StepModel, StepTimes, classify, rows_for
+from backend.scheduling.lanes import CostModel, StepTimes, classify, rows_for
 from backend.scheduling.preemption import (
     Candidate,
     Rules,
@@ -51,17 +52,24 @@ BUSY_BUCKET_S = 60.0
 
 class TableStepModel:
     """Step times measured by ``imagine bench engine --json`` at one shape, by rows,
-    interpolated in rows and scaled to other shapes by the default pixel exponent."""
+    interpolated in rows and scaled to other shapes by the configured pixel exponent
+    (``scheduler.step_pixel_exponent``)."""
 
     def __init__(
-        self, rows: Sequence[int], step_s: Sequence[float], width: int, height: int
+        self,
+        rows: Sequence[int],
+        step_s: Sequence[float],
+        width: int,
+        height: int,
+        pixel_exponent: float,
     ) -> None:
-        self.pixel_exponent = StepModel().pixel_exponent
+        self.pixel_exponent = pixel_exponent
         self._rows = list(rows)
         self._step_s = list(step_s)
         self._pixels = width * height
 
     def step_s(self, rows: int, width: int, height: int) -> float:
+        """The measured step time of ``rows`` rows, interpolated, scaled to the shape."""
         scale: float = (width * height / self._pixels) ** self.pixel_exponent
         xs, ys = self._rows, self._step_s
         if rows <= xs[0]:
@@ -76,9 +84,9 @@ class TableStepModel:
         return base * scale
 
     @classmethod
-    def from_engine_json(cls, data: dict[str, Any]) -> TableStepModel:
+    def from_engine_json(cls, data: dict[str, Any], pixel_exponent: float) -> TableStepModel:
         """From the JSON object ``imagine bench engine --json`` prints (guided samples:
-        two rows each)."""
+        two rows each), scaled to other shapes by ``pixel_exponent``."""
         try:
             batches = sorted((int(k), float(v["step_s"])) for k, v in data["batches"].items())
             width, height = int(data["width"]), int(data["height"])
@@ -86,11 +94,14 @@ class TableStepModel:
             raise BadInputError(
                 f"--step-times: not an `imagine bench engine --json` result ({exc})"
             ) from exc
-        return cls([2 * n for n, _ in batches], [s for _, s in batches], width, height)
+        rows = [2 * n for n, _ in batches]
+        return cls(rows, [s for _, s in batches], width, height, pixel_exponent)
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceSpec:
+    """The simulated device: its step times, rows per step and idle batch window."""
+
     step_model: StepTimes
     capacity_rows: int = 16
     batch_window_s: float = 0.05
@@ -98,6 +109,8 @@ class DeviceSpec:
 
 @dataclass(slots=True)
 class SimJob:
+    """One trace job as the simulator runs it: its lane and cost, and what happened."""
+
     trace: TraceJob
     lane: Lane
     cost_s: float
@@ -117,10 +130,12 @@ class SimJob:
 
     @property
     def id(self) -> str:
+        """The job's id: its index in the trace."""
         return str(self.trace.index)
 
     @property
     def shape(self) -> tuple[int, int]:
+        """Width and height in pixels: jobs of one shape share a step."""
         return (self.trace.width, self.trace.height)
 
 
@@ -130,17 +145,23 @@ class Dispatcher(Protocol):
     batching: bool
     preempting: bool
 
-    def arrive(self, job: SimJob, now_s: float) -> None: ...
+    def arrive(self, job: SimJob, now_s: float) -> None:
+        """Queue a newly arrived job."""
 
-    def head(self, now_s: float) -> SimJob | None: ...
+    def head(self, now_s: float) -> SimJob | None:
+        """The job :meth:`take` would return, with its rank set; None when none waits."""
 
-    def take(self, now_s: float) -> SimJob: ...
+    def take(self, now_s: float) -> SimJob:
+        """Dequeue the head job to run it."""
 
-    def give_back(self, job: SimJob, now_s: float) -> None: ...
+    def give_back(self, job: SimJob, now_s: float) -> None:
+        """Requeue a preempted job."""
 
-    def done(self, job: SimJob) -> None: ...
+    def done(self, job: SimJob) -> None:
+        """A taken job finished."""
 
-    def waiting(self) -> int: ...
+    def waiting(self) -> int:
+        """How many jobs are queued."""
 
 
 class FifoDispatcher:
@@ -156,9 +177,11 @@ class FifoDispatcher:
         return self._queues[job.lane if self._by_lane else Lane.REALTIME]
 
     def arrive(self, job: SimJob, now_s: float) -> None:
+        """Queue at the back."""
         self._queue_of(job).append(job)
 
     def head(self, now_s: float) -> SimJob | None:
+        """The oldest job (of the first lane with one, by lane)."""
         for lane in LANE_ORDER:
             if self._queues[lane]:
                 job = self._queues[lane][0]
@@ -167,17 +190,21 @@ class FifoDispatcher:
         return None
 
     def take(self, now_s: float) -> SimJob:
+        """Dequeue the head job."""
         job = self.head(now_s)
         assert job is not None
         return self._queue_of(job).popleft()
 
     def give_back(self, job: SimJob, now_s: float) -> None:
+        """Requeue at the front."""
         self._queue_of(job).appendleft(job)
 
     def done(self, job: SimJob) -> None:
+        """Nothing to track."""
         return None
 
     def waiting(self) -> int:
+        """Jobs in every queue."""
         return sum(len(queue) for queue in self._queues.values())
 
 
@@ -191,6 +218,7 @@ class FairDispatcher:
         self._jobs: dict[str, SimJob] = {}
 
     def arrive(self, job: SimJob, now_s: float) -> None:
+        """Push the job's ticket with its tier's weight and cap."""
         ticket = Ticket(
             job_id=job.id,
             lane=job.lane,
@@ -204,6 +232,7 @@ class FairDispatcher:
         self._jobs[job.id] = job
 
     def head(self, now_s: float) -> SimJob | None:
+        """The fair queue's next job, ranked first if it has aged."""
         ticket = self.fair.peek(_ms(now_s))
         if ticket is None:
             return None
@@ -212,6 +241,7 @@ class FairDispatcher:
         return job
 
     def take(self, now_s: float) -> SimJob:
+        """Pop the head job from the fair queue."""
         job = self.head(now_s)
         ticket = self.fair.pop(_ms(now_s))
         assert job is not None
@@ -220,15 +250,18 @@ class FairDispatcher:
         return job
 
     def give_back(self, job: SimJob, now_s: float) -> None:
+        """Restore the ticket, tags kept, its wait restarting now."""
         assert job.ticket is not None
         self.fair.restore(job.ticket, waited_since_ms=_ms(now_s))
 
     def done(self, job: SimJob) -> None:
+        """Release the user's running slot."""
         assert job.ticket is not None
         self.fair.release(job.ticket)
         del self._jobs[job.id]
 
     def waiting(self) -> int:
+        """Jobs in the fair queue."""
         return self.fair.depth()
 
 
@@ -283,9 +316,11 @@ class Simulator:
 
     @property
     def running(self) -> list[SimJob]:
+        """The jobs in the device's batch."""
         return self._running
 
     def run(self) -> RunStats:
+        """Replay every arrival until all jobs finished."""
         now = 0.0
         while self._next < len(self._arrivals) or self._running or self.dispatcher.waiting():
             self._arrive_until(now)
@@ -426,6 +461,7 @@ def build_jobs(
 
 
 def make_dispatcher(name: str, settings: SchedulerSettings) -> Dispatcher:
+    """The queue side of the policy called ``name`` (one of :data:`POLICIES`)."""
     if name == "fifo":
         return FifoDispatcher(batching=False, by_lane=False)
     if name == "fifo_batch":
@@ -457,7 +493,11 @@ def fair_estimator(
             width, height = running[0].shape
             step_s = device.step_model.step_s(sum(r.rows for r in running), width, height)
             wanted = Candidate(job.id, rank(job.lane, False), job.rows, job.shape)
-            rules = simulator.rules if dispatcher.preempting else Rules(enabled=False)
+            rules = (
+                simulator.rules
+                if dispatcher.preempting
+                else replace(simulator.rules, enabled=False)
+            )
             steps = steps_until_start(
                 wanted, [_running(r, mid_step=True) for r in running], device.capacity_rows, rules
             )
@@ -490,6 +530,8 @@ def _running(job: SimJob, *, mid_step: bool = False) -> Running:
 def run_policy(
     name: str, jobs: list[SimJob], settings: SchedulerSettings, device: DeviceSpec
 ) -> RunStats:
+    """Run policy ``name`` over ``jobs`` on ``device``; ``ours`` also estimates start
+    times as the service does."""
     dispatcher = make_dispatcher(name, settings)
     rules = Rules.from_settings(settings)
     if isinstance(dispatcher, FairDispatcher) and dispatcher.preempting:
@@ -508,6 +550,7 @@ def run_policy(
 
 
 def service_time(step_model: StepTimes) -> Callable[[TraceJob], float]:
+    """Seconds each trace job takes running alone under ``step_model``."""
 
     def alone(job: TraceJob) -> float:
         rows = rows_for(job.n, GUIDANCE)

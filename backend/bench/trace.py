@@ -88,6 +88,31 @@ def read_trace(path: Path, *, tiers: Collection[str]) -> list[TraceJob]:
     return trace
 
 
+@dataclass(frozen=True, slots=True)
+class TraceSource:
+    """Where a benchmark's trace comes from: the JSON Lines file at ``path`` when set,
+    else :func:`synthetic_trace` with ``seed``, ``jobs`` and ``load``."""
+
+    path: Path | None
+    seed: int
+    jobs: int
+    load: float
+
+
+def trace_from(
+    source: TraceSource,
+    *,
+    tiers: Collection[str],
+    mean_service_s: Callable[[TraceJob], float],
+) -> list[TraceJob]:
+    """The trace ``source`` names: read (see :func:`read_trace`) or synthesised."""
+    if source.path is not None:
+        return read_trace(source.path, tiers=tiers)
+    return synthetic_trace(
+        seed=source.seed, jobs=source.jobs, load=source.load, mean_service_s=mean_service_s
+    )
+
+
 def write_trace(path: Path, jobs: Iterable[TraceJob]) -> None:
     """Write jobs as a trace that ``load_trace`` reads back unchanged."""
     with path.open("w", encoding="utf-8") as out:

@@ -4,15 +4,11 @@ live, so that every process of a deployment applies the same level."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from backend.degrade.records import HostLoad, Override, OverrideRecord
 
-if TYPE_CHECKING:
-    pass
-
-
-T = TypeVar("T")
+__all__ = ["LevelStore", "ttl_ms"]
 
 
 @runtime_checkable
@@ -44,7 +40,8 @@ class LevelStore(Protocol):
         ...
 
 
-def _ttl_ms(ttl_s: float) -> int:
+def ttl_ms(ttl_s: float) -> int:
+    """``ttl_s`` in whole milliseconds, rounded up; ValueError unless it is positive."""
     if not ttl_s > 0:
         raise ValueError(f"ttl_s must be positive, not {ttl_s}")
     return math.ceil(ttl_s * 1000)

@@ -4,7 +4,7 @@ of the other hosts, combined into the level in force."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
@@ -32,7 +32,7 @@ from backend.errors import BackendError
 
 if TYPE_CHECKING:
     from backend.degrade.base import LevelStore
-    from config.settings import Settings
+    from config.settings import DegradeSettings, TierSettings
     from storage.db import Database
 
 
@@ -53,12 +53,14 @@ class DegradeController:
     process's automatic level and those the other live processes published to the
     store (:meth:`pull`); with the in-memory store there are none. ``observe`` is
     synchronous (no I/O); the override and the sharing go through the database and
-    the store.
+    the store. ``settings`` drive the ladder; ``tiers`` say which work the harsher
+    levels pause.
     """
 
     def __init__(
         self,
-        settings: Settings,
+        settings: DegradeSettings,
+        tiers: Mapping[str, TierSettings],
         db: Database,
         now_s: Callable[[], float],
         *,
@@ -69,17 +71,17 @@ class DegradeController:
         self.settings = settings
         self.host_id = host_id if host_id is not None else local_host_id()
         # Published loads outlive a few missed samples, not a dead process.
-        self.host_ttl_s = HOST_TTL_INTERVALS * settings.degrade.sample_interval_s
+        self.host_ttl_s = HOST_TTL_INTERVALS * settings.sample_interval_s
         self._db = db
         self._store = store
         self._now_s = now_s
-        self._ladder = Ladder(settings.degrade)
+        self._ladder = Ladder(settings)
         self._override: Override | None = None
         self._peer_level = Level.NORMAL
         self._history: deque[Transition] = deque(maxlen=history_len)
         self._subscribers: list[Subscriber] = []
         # Built once: the claim path asks for them on every job start.
-        self._restrictions = {level: restrictions(level, settings) for level in Level}
+        self._restrictions = {level: restrictions(level, settings, tiers) for level in Level}
 
     @property
     def level(self) -> Level:
@@ -100,10 +102,12 @@ class DegradeController:
 
     @property
     def override(self) -> Override | None:
+        """The admin's pin in force; None under automatic control."""
         return self._override
 
     @property
     def restrictions(self) -> Restrictions:
+        """What the effective level restricts (steps, which work may start)."""
         return self._restrictions[self.level]
 
     @property
@@ -205,7 +209,7 @@ class DegradeController:
 
     def _follow_peers(self, others: dict[str, HostLoad]) -> None:
         top_host, top_level = None, Level.NORMAL
-        if self.settings.degrade.auto:
+        if self.settings.auto:
             for host, load in sorted(others.items()):
                 if load.auto_level.rank > top_level.rank:
                     top_host, top_level = host, load.auto_level

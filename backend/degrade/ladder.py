@@ -3,6 +3,7 @@ time, and what each level restricts. Pure policy: no I/O, an injected clock."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -11,7 +12,7 @@ from backend.models import Lane
 from backend.scheduling.fairness import EVERYTHING, ClaimFilter
 
 if TYPE_CHECKING:
-    from config.settings import DegradeSettings, Settings
+    from config.settings import DegradeSettings, TierSettings
 
 
 DEFAULT_HISTORY_LEN = 50
@@ -30,6 +31,7 @@ class Level(StrEnum):
 
     @property
     def rank(self) -> int:
+        """The rung's place on the ladder: 0 for normal, up to 3 for heavy."""
         return LEVELS.index(self)
 
     def up(self) -> Level:
@@ -94,6 +96,7 @@ class Ladder:
 
     @property
     def override(self) -> Level | None:
+        """The pinned level; None when the load decides."""
         return self._override
 
     def observe(self, sample: LoadSample, now_s: float) -> Transition | None:
@@ -204,14 +207,17 @@ class Restrictions:
         return max(1, round(steps * self.steps_factor))
 
 
-def restrictions(level: Level, settings: Settings) -> Restrictions:
-    """The restrictions of ``level`` under ``settings`` (tiers from the scheduler)."""
+def restrictions(
+    level: Level, degrade: DegradeSettings, tiers: Mapping[str, TierSettings]
+) -> Restrictions:
+    """The restrictions of ``level``: fewer steps as ``degrade`` says from light upwards,
+    and from medium upwards no new work of the ``tiers`` that are not paid."""
     if level is Level.NORMAL:
         return Restrictions(level)
-    factor = settings.degrade.light_steps_factor
+    factor = degrade.light_steps_factor
     if level is Level.LIGHT:
         return Restrictions(level, factor)
-    unpaid = frozenset(name for name, tier in settings.scheduler.tiers.items() if not tier.paid)
+    unpaid = frozenset(name for name, tier in tiers.items() if not tier.paid)
     if level is Level.MEDIUM:
         return Restrictions(level, factor, ClaimFilter(exclude_tiers=unpaid))
     return Restrictions(level, factor, ClaimFilter(unpaid, frozenset({Lane.REALTIME})))

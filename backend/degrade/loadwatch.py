@@ -61,7 +61,9 @@ class Device(Protocol):
     """What the watcher reads of a local worker."""
 
     @property
-    def busy(self) -> bool: ...
+    def busy(self) -> bool:
+        """Whether the device is running a job now."""
+        ...
 
 
 class LoadMeter:
@@ -79,10 +81,12 @@ class LoadMeter:
         self._busy: deque[tuple[float, float]] = deque()
 
     def record_wait(self, wait_s: float, now_s: float) -> None:
+        """A job started at ``now_s`` after queuing ``wait_s``."""
         self._waits.append((now_s, max(0.0, wait_s)))
         self._prune(now_s)
 
     def record_busy(self, busy: bool | float, now_s: float) -> None:
+        """A device poll at ``now_s``: busy or not, or the busy fraction of several."""
         self._busy.append((now_s, min(1.0, max(0.0, float(busy)))))
         self._prune(now_s)
 
@@ -102,6 +106,7 @@ class LoadMeter:
         return waits[rank - 1]
 
     def utilization(self) -> float:
+        """The mean of the busy polls in the window (0 when none)."""
         if not self._busy:
             return 0.0
         return sum(busy for _, busy in self._busy) / len(self._busy)
@@ -139,7 +144,7 @@ class LoadWatcher:
         *,
         now_s: Callable[[], float] = monotonic_s,
     ) -> None:
-        settings = controller.settings.degrade
+        settings = controller.settings
         self.interval_s = settings.sample_interval_s
         self._controller = controller
         self._queue = queue
@@ -159,6 +164,7 @@ class LoadWatcher:
         await self.close()
 
     def start(self) -> None:
+        """Start sampling every :attr:`interval_s` (again after a close); idempotent."""
         if self._task is None:
             self._stopping.clear()
             self._task = asyncio.create_task(self._run(), name="degrade-load-watcher")

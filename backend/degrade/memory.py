@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from backend.clock import wall_ms
-from backend.degrade.base import _ttl_ms
+from backend.degrade.base import ttl_ms
 from backend.degrade.records import HostLoad, Override, OverrideRecord
-
-if TYPE_CHECKING:
-    pass
 
 
 class MemoryLevelStore:
@@ -22,26 +18,32 @@ class MemoryLevelStore:
         self._hosts: dict[str, tuple[HostLoad, int]] = {}
 
     async def read_override(self) -> OverrideRecord | None:
+        """The last override record written; None if none was."""
         return self._override
 
     async def write_override(self, record: OverrideRecord) -> None:
+        """Replace the override record."""
         self._override = record
 
     async def seed_override(self, record: Override) -> OverrideRecord:
+        """Write ``record`` only if no record exists; the record stored afterwards."""
         if self._override is None:
             self._override = record
         return self._override
 
     async def publish(self, host_id: str, load: HostLoad, ttl_s: float) -> None:
+        """Keep ``host_id``'s load until ``ttl_s`` from now, dropping expired entries."""
         now_ms = self._now_ms()
         self._hosts = {host: kept for host, kept in self._hosts.items() if kept[1] > now_ms}
-        self._hosts[host_id] = (load, now_ms + _ttl_ms(ttl_s))
+        self._hosts[host_id] = (load, now_ms + ttl_ms(ttl_s))
 
     async def hosts(self) -> dict[str, HostLoad]:
+        """The loads whose entries have not expired, by process id."""
         now_ms = self._now_ms()
         return {
             host: load for host, (load, expires_ms) in self._hosts.items() if expires_ms > now_ms
         }
 
     async def withdraw(self, host_id: str) -> None:
+        """Drop ``host_id``'s entry now."""
         self._hosts.pop(host_id, None)

@@ -6,13 +6,9 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from backend.degrade.ladder import Level, LoadSample
-
-if TYPE_CHECKING:
-    pass
-
 
 OVERRIDE_KEY = "degrade_override"
 
@@ -31,6 +27,7 @@ class Override:
     at_ms: int
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form, as stored in the database and the shared store."""
         return {"level": self.level.value, "actor": self.actor_id, "at_ms": self.at_ms}
 
 
@@ -46,6 +43,7 @@ class Cleared:
     at_ms: int
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form: an override record whose ``level`` is None."""
         return {"level": None, "actor": self.actor_id, "at_ms": self.at_ms}
 
 
@@ -77,6 +75,7 @@ class HostLoad:
     devices: int
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form, as the shared store keeps it (read back by :meth:`from_dict`)."""
         sample = self.sample
         return {
             "auto": self.auto_level.value,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 from redis.exceptions import RedisError
 
 from backend.clock import wall_ms
-from backend.degrade.base import T, _ttl_ms
+from backend.degrade.base import ttl_ms
 from backend.degrade.records import HostLoad, Override, OverrideRecord, override_from_dict
 from backend.errors import BackendError
 
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 # KEYS: hosts hash, expiry sorted set. ARGV: host id, load JSON, now_ms, expires_at_ms,
@@ -69,13 +71,16 @@ class RedisLevelStore:
         return self._prefix + name
 
     async def read_override(self) -> OverrideRecord | None:
+        """The shared override record; None if none was written or it is unreadable."""
         raw = await self._command(self._client.get(self.key("override")))
         return self._parse_override(raw)
 
     async def write_override(self, record: OverrideRecord) -> None:
+        """Replace the shared override record (kept without expiry)."""
         await self._command(self._client.set(self.key("override"), _dumps(record.to_dict())))
 
     async def seed_override(self, record: Override) -> OverrideRecord:
+        """Write ``record`` only if no record exists; the record stored afterwards."""
         key = self.key("override")
         await self._command(self._client.set(key, _dumps(record.to_dict()), nx=True))
         stored = self._parse_override(await self._command(self._client.get(key)))
@@ -83,12 +88,20 @@ class RedisLevelStore:
         return stored if stored is not None else record
 
     async def publish(self, host_id: str, load: HostLoad, ttl_s: float) -> None:
-        now_ms, ttl_ms = self._now_ms(), _ttl_ms(ttl_s)
+        """Share ``host_id``'s load until ``ttl_s`` from now, pruning expired entries."""
+        now_ms, lasts_ms = self._now_ms(), ttl_ms(ttl_s)
         keys = [self.key("hosts"), self.key("expiry")]
-        args: list[str | int] = [host_id, _dumps(load.to_dict()), now_ms, now_ms + ttl_ms, ttl_ms]
+        args: list[str | int] = [
+            host_id,
+            _dumps(load.to_dict()),
+            now_ms,
+            now_ms + lasts_ms,
+            lasts_ms,
+        ]
         await self._command(self._publish(keys=keys, args=args))
 
     async def hosts(self) -> dict[str, HostLoad]:
+        """The live processes' loads, by process id; unreadable entries are left out."""
         keys = [self.key("hosts"), self.key("expiry")]
         reply = await self._command(self._hosts(keys=keys, args=[self._now_ms()]))
         loads: dict[str, HostLoad] = {}
@@ -102,6 +115,7 @@ class RedisLevelStore:
         return loads
 
     async def withdraw(self, host_id: str) -> None:
+        """Drop ``host_id``'s entry now."""
         pipe = self._client.pipeline(transaction=True)
         pipe.hdel(self.key("hosts"), host_id)
         pipe.zrem(self.key("expiry"), host_id)

@@ -1,0 +1,1 @@
+"""The engine (torch): own denoising loop over diffusers components, batching, checkpoints."""

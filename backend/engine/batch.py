@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 import torch
@@ -30,7 +30,20 @@ from backend.errors import BackendError, CheckpointError, JobError
 log = structlog.get_logger(__name__)
 
 RuntimeSource = Callable[[str], ModelRuntime]
-BatchKey = tuple[Any, ...]
+
+
+class BatchKey(NamedTuple):
+    """What jobs must share to run in one UNet forward: the model and the latent shape."""
+
+    model: str
+    channels: int
+    latent_height: int
+    latent_width: int
+
+    @classmethod
+    def of(cls, job: ActiveJob) -> BatchKey:
+        """The key of a prepared or restored job."""
+        return cls(*job.key)
 
 
 @dataclass(slots=True)
@@ -48,6 +61,7 @@ class BatchLimits:
     rows_by_key: dict[BatchKey, int] = field(default_factory=dict)
 
     def rows_for(self, key: BatchKey) -> int:
+        """The row cap for ``key``: lowered after running out of memory, else the max."""
         return self.rows_by_key.get(key, self.max_rows)
 
 
@@ -89,6 +103,7 @@ class BatchCore:
 
     @property
     def idle(self) -> bool:
+        """Nothing running, waiting or pending removal."""
         return not self.running and not self.waiting and not self._evict and not self._cancel
 
     @property
@@ -100,12 +115,13 @@ class BatchCore:
 
     @property
     def running_rows(self) -> int:
+        """Rows the running batch takes."""
         return sum(job.rows for job in self.running)
 
     @property
     def key(self) -> BatchKey | None:
         """The (model, latent shape) in service, if any."""
-        return self.running[0].key if self.running else None
+        return BatchKey.of(self.running[0]) if self.running else None
 
     # -- one step boundary ----------------------------------------------------------------
 
@@ -175,11 +191,11 @@ class BatchCore:
                 continue
             entry.active = job
             if key is None:
-                key = job.key
+                key = BatchKey.of(job)
             cap = self._cap(job.runtime, key)
             # A job bigger than the cap still runs, alone, rather than never.
             fits = rows + job.rows <= cap or not self.running
-            if job.key == key and fits:
+            if BatchKey.of(job) == key and fits:
                 self.running.append(job)
                 rows += job.rows
                 events.append(EngineEvent(job.job_id, Outcome.STARTED, *job.progress))
@@ -218,7 +234,7 @@ class BatchCore:
             job = self.running.pop()
             reason = "out of device memory even alone"
             return [EngineEvent(job.job_id, Outcome.FAILED, error=reason)]
-        key = self.running[0].key
+        key = BatchKey.of(self.running[0])
         half = len(self.running) // 2
         kept, moved = self.running[:half], self.running[half:]
         self.limits.rows_by_key[key] = max(1, sum(job.rows for job in kept))
@@ -278,20 +294,25 @@ class DeviceRunner:
         self._stop = threading.Event()
 
     def start(self) -> None:
+        """Start the device thread."""
         self._thread.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the device thread after its current step (waits up to ``timeout_s``)."""
         self._stop.set()
         self._commands.put(("wake", None))
         self._thread.join(timeout_s)
 
     def submit(self, request: Request, checkpoint: bytes | None = None) -> None:
+        """Queue a job (from ``checkpoint`` if given) for admission at a boundary."""
         self._commands.put(("submit", (request, checkpoint)))
 
     def evict(self, job_id: str) -> None:
+        """Take the job off the device at the next boundary, keeping its state."""
         self._commands.put(("evict", job_id))
 
     def cancel(self, job_id: str) -> None:
+        """Drop the job at the next boundary."""
         self._commands.put(("cancel", job_id))
 
     def _drain(self, block_s: float | None) -> bool:

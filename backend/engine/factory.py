@@ -49,8 +49,8 @@ def memory_rows(runtime: ModelRuntime, key: BatchKey) -> int | None:
     if runtime.device.type != "cuda":
         return None
     free: int = torch.cuda.mem_get_info(runtime.device)[0]
-    height, width = int(key[2]), int(key[3])
-    per_row = height * width * ROW_BYTES_PER_LATENT_PIXEL * max(runtime.dtype.itemsize, 2) // 2
+    latent_pixels = key.latent_height * key.latent_width
+    per_row = latent_pixels * ROW_BYTES_PER_LATENT_PIXEL * max(runtime.dtype.itemsize, 2) // 2
     if runtime.family.value == "sdxl":
         per_row *= 2
     return max(1, int(free * 0.8) // max(per_row, 1))

@@ -67,6 +67,7 @@ class PreviewMaker:
         self.max_side = max_side
 
     def maybe(self, job: ActiveJob, done: int) -> bytes | None:
+        """The encoded preview due after ``done`` steps, or None when none is due."""
         if job.latents is None or done <= 0:
             return None
         if self.decode_every_steps and done % self.decode_every_steps == 0:

@@ -39,11 +39,13 @@ class ModelRuntime:
         self.guidance_embedding = self.unet.config.time_cond_proj_dim is not None
 
     def latent_shape(self, spec: JobSpec) -> tuple[int, int, int]:
+        """(channels, height, width) of one sample's latents for ``spec``."""
         return (self.latent_channels, spec.height // self.vae_scale, spec.width // self.vae_scale)
 
     def uses_guidance(self, spec: JobSpec) -> bool:
         # As the stock pipelines decide: guidance-embedded (LCM-distilled) UNets never
         # run the unconditional half.
+        """Whether ``spec`` runs classifier-free guidance (an unconditional row per sample)."""
         guidance = spec.guidance if spec.guidance is not None else 0.0
         return guidance > 1.0 and not self.guidance_embedding
 

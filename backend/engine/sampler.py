@@ -55,10 +55,12 @@ class ActiveJob:
 
     @property
     def total(self) -> int:
+        """Timesteps in the job's schedule, counting those an img2img job skips."""
         return len(self.timesteps)
 
     @property
     def done(self) -> bool:
+        """Whether every step of the schedule has run."""
         return self.step >= self.total
 
     @property
@@ -110,6 +112,7 @@ class ActiveJob:
         self.latents = self.scheduler.add_noise(clean, noise, start_t)
 
     def ensure_conditioning(self) -> None:
+        """Encode the prompt if this job has no conditioning yet (after a resume)."""
         if self.cond is None:
             self.cond = self.runtime.encode(self.request.spec)
 

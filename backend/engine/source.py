@@ -30,6 +30,7 @@ def load_source_image(data: bytes, max_pixels: int = MAX_SOURCE_PIXELS) -> Image
 
 
 def check_source_image(image: Image.Image, max_pixels: int = MAX_SOURCE_PIXELS) -> None:
+    """JobError if a side is under ``MIN_SOURCE_SIDE`` or the image exceeds ``max_pixels``."""
     width, height = image.size
     if min(width, height) < MIN_SOURCE_SIDE:
         raise JobError(f"source image {width}x{height} is smaller than {MIN_SOURCE_SIDE} px")

@@ -37,11 +37,14 @@ class Request:
 
     @property
     def steps(self) -> int:
+        """The step count the catalog resolved."""
         assert self.spec.steps is not None
         return self.spec.steps
 
 
 class Outcome(StrEnum):
+    """What an :class:`EngineEvent` reports about its job."""
+
     PROGRESS = "progress"
     STARTED = "started"
     FINISHED = "finished"
@@ -79,15 +82,25 @@ class DeviceEngine(Protocol):
     Events are delivered to the sink given at construction, on any thread.
     """
 
-    def start(self) -> None: ...
+    def start(self) -> None:
+        """Start the device's stepping thread."""
+        ...
 
-    def stop(self, timeout_s: float = 30.0) -> None: ...
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop stepping, waiting up to ``timeout_s`` for the thread."""
+        ...
 
-    def submit(self, request: Request, checkpoint: bytes | None = None) -> None: ...
+    def submit(self, request: Request, checkpoint: bytes | None = None) -> None:
+        """Queue a job for the device, resuming from ``checkpoint`` when there is one."""
+        ...
 
-    def evict(self, job_id: str) -> None: ...
+    def evict(self, job_id: str) -> None:
+        """Take the job off the device at the next step boundary, reporting its checkpoint."""
+        ...
 
-    def cancel(self, job_id: str) -> None: ...
+    def cancel(self, job_id: str) -> None:
+        """Drop the job at the next step boundary."""
+        ...
 
 
 EngineFactory = Callable[[EventSink], DeviceEngine]

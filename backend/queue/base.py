@@ -52,8 +52,8 @@ class JobQueue(Protocol):
         wait_s: float = 0.0,
         allow: ClaimFilter = EVERYTHING,
     ) -> Lease | None:
-        """Take the next job in fair order (``backend.fairness``) that ``allow`` permits,
-        waiting up to ``wait_s`` for one; None if none came."""
+        """Take the next job in fair order (``backend.scheduling.fairness``) that ``allow``
+        permits, waiting up to ``wait_s`` for one; None if none came."""
         ...
 
     async def peek(self, allow: ClaimFilter = EVERYTHING) -> Head | None:

@@ -59,6 +59,7 @@ class MemoryQueue:
         self._changed = asyncio.Condition()
 
     async def enqueue(self, job: Job) -> bool:
+        """Queue ``job``; False (and no change) if a job with its id is already known."""
         if job.id in self._entries:
             return False
         ticket = self._fair.push(ticket_for(job), self._now_ms())
@@ -74,6 +75,7 @@ class MemoryQueue:
         wait_s: float = 0.0,
         allow: ClaimFilter = EVERYTHING,
     ) -> Lease | None:
+        """Lease the next job in fair order that ``allow`` permits, waiting up to ``wait_s``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         async with self._changed:
@@ -106,6 +108,7 @@ class MemoryQueue:
         return entry.lease
 
     async def peek(self, allow: ClaimFilter = EVERYTHING) -> Head | None:
+        """The job :meth:`claim` would take now, left queued."""
         self._reclaim_expired()
         now = self._now_ms()
         ticket = self._fair.peek(now, allow)
@@ -142,18 +145,21 @@ class MemoryQueue:
         return entry
 
     async def renew(self, lease: Lease, *, lease_s: float) -> Lease:
+        """Extend a held lease to ``lease_s`` from now; QueueError if it was lost or expired."""
         entry = self._held(lease)
         entry.lease = replace(lease, expires_at_ms=self._now_ms() + int(lease_s * 1000))
         heapq.heappush(self._expiries, (entry.lease.expires_at_ms, entry.job.id))
         return entry.lease
 
     async def ack(self, lease: Lease) -> None:
+        """Forget a finished job; QueueError if its lease was lost or expired."""
         entry = self._held(lease)
         self._fair.release(entry.ticket)
         del self._entries[lease.job.id]
         await self._notify()  # the user may be under their running cap again
 
     async def requeue(self, lease: Lease, *, checkpoint: bytes | None = None) -> None:
+        """Queue a leased job again with ``checkpoint``; a cancelled one is dropped instead."""
         entry = self._held(lease)
         entry.lease = None
         if entry.cancelled:
@@ -165,6 +171,7 @@ class MemoryQueue:
         await self._notify()
 
     async def cancel(self, job_id: str) -> bool:
+        """Drop a queued job or flag a leased one to stop; True if the job was known."""
         entry = self._entries.get(job_id)
         if entry is None:
             return False
@@ -176,19 +183,24 @@ class MemoryQueue:
         return True
 
     async def is_cancelled(self, job_id: str) -> bool:
+        """Whether the job was flagged to stop while leased."""
         entry = self._entries.get(job_id)
         return entry is not None and entry.cancelled
 
     async def depth(self, lane: Lane | None = None) -> int:
+        """Number of queued (not leased) jobs, in ``lane`` or in all lanes."""
         return self._fair.depth(lane)
 
     async def position(self, job_id: str) -> int | None:
+        """0-based place of a queued job in its lane's fair order; None if not queued."""
         return self._fair.position(job_id)
 
     async def queued_cost_s(self, lane: Lane | None = None) -> float:
+        """Estimated device-seconds of the queued jobs, in ``lane`` or in all lanes."""
         return sum(ticket.cost_s for ticket in self._fair.queued(lane))
 
     async def close(self) -> None:
+        """Wake the waiting claims; the jobs live as long as this object."""
         await self._notify()
 
     async def _notify(self) -> None:

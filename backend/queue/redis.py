@@ -1,6 +1,6 @@
 """Redis queue: one queue shared by every process of a deployment.
 
-The fair order is ``backend.fairness``'s, computed by Lua scripts on the server: every
+The fair order is ``backend.scheduling.fairness``'s, computed by Lua scripts on the server: every
 operation is one script, which Redis runs alone, so claims from many workers never
 take the same job. The time is the caller's (``now_ms``, passed to each script), never
 the server's, so tests drive it with a fake clock. Scripts build key names from the
@@ -412,6 +412,7 @@ class RedisQueue:
         return self._prefix + suffix
 
     async def enqueue(self, job: Job) -> bool:
+        """Queue ``job``; False (and no change) if a job with its id is already known."""
         added = await self._run(
             self._enqueue,
             job.id,
@@ -437,6 +438,7 @@ class RedisQueue:
         wait_s: float = 0.0,
         allow: ClaimFilter = EVERYTHING,
     ) -> Lease | None:
+        """Lease the next job in fair order that ``allow`` permits, waiting up to ``wait_s``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
@@ -454,6 +456,7 @@ class RedisQueue:
                 continue
 
     async def peek(self, allow: ClaimFilter = EVERYTHING) -> Head | None:
+        """The job :meth:`claim` would take now, left queued."""
         reply = await self._run(self._take, "peek", "", "", 0, *self._filter(allow))
         if not reply:
             return None
@@ -461,28 +464,34 @@ class RedisQueue:
         return Head(Job.from_json(payload.decode()), bool(aged))
 
     async def renew(self, lease: Lease, *, lease_s: float) -> Lease:
+        """Extend a held lease to ``lease_s`` from now; QueueError if it was lost or expired."""
         reply = await self._run(self._renew, lease.job.id, lease.token, int(lease_s * 1000))
         _check_held(lease, reply)
         return replace(lease, expires_at_ms=int(reply))
 
     async def ack(self, lease: Lease) -> None:
+        """Forget a finished job; QueueError if its lease was lost or expired."""
         _check_held(lease, await self._run(self._ack, lease.job.id, lease.token))
         self._notify()  # the user may be under their running cap again
 
     async def requeue(self, lease: Lease, *, checkpoint: bytes | None = None) -> None:
+        """Queue a leased job again with ``checkpoint``; a cancelled one is dropped instead."""
         has = "0" if checkpoint is None else "1"
         reply = await self._run(self._requeue, lease.job.id, lease.token, has, checkpoint or b"")
         _check_held(lease, reply)
         self._notify()
 
     async def cancel(self, job_id: str) -> bool:
+        """Drop a queued job or flag a leased one to stop; True if the job was known."""
         return bool(await self._run(self._cancel, job_id))
 
     async def is_cancelled(self, job_id: str) -> bool:
+        """Whether the job was flagged to stop while leased."""
         flag = await self._command(self._client.hget(self.key(f"job:{job_id}"), "cancelled"))
         return bool(flag == b"1")
 
     async def depth(self, lane: Lane | None = None) -> int:
+        """Number of queued (not leased) jobs, in ``lane`` or in all lanes."""
         lanes = LANE_ORDER if lane is None else (lane,)
         pipe = self._client.pipeline(transaction=False)
         for one in lanes:
@@ -490,10 +499,12 @@ class RedisQueue:
         return sum(await self._command(pipe.execute()))
 
     async def position(self, job_id: str) -> int | None:
+        """0-based place of a queued job in its lane's fair order; None if not queued."""
         rank = await self._run(self._position, job_id)
         return None if rank is None else int(rank)
 
     async def queued_cost_s(self, lane: Lane | None = None) -> float:
+        """Estimated device-seconds of the queued jobs, in ``lane`` or in all lanes."""
         lanes = LANE_ORDER if lane is None else (lane,)
         values = await self._command(
             self._client.hmget(self.key("cost"), [one.value for one in lanes])
@@ -508,6 +519,7 @@ class RedisQueue:
         return len(keys)
 
     async def close(self) -> None:
+        """Wake the waiting claims and close the client if this queue opened it."""
         self._notify()
         if self._owns_client:
             await self._client.aclose()

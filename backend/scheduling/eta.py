@@ -61,6 +61,7 @@ class EtaModel:
         self._log_correction = dict.fromkeys(LANE_ORDER, 0.0)
 
     def record_arrival(self, lane: Lane, cost_s: float, now_s: float) -> None:
+        """A job of ``cost_s`` solo device-seconds joined ``lane`` at ``now_s``."""
         self._arrivals.append((now_s, lane, cost_s))
         self._expire(now_s)
 

@@ -43,6 +43,7 @@ class ClaimFilter:
     lanes: frozenset[Lane] = frozenset(LANE_ORDER)
 
     def allows(self, lane: Lane, tier: str) -> bool:
+        """Whether work of ``lane`` from a user of ``tier`` may start."""
         return lane in self.lanes and tier not in self.exclude_tiers
 
 
@@ -57,10 +58,12 @@ class AgingPolicy:
     aging_fraction: float = 0.5
 
     def aged_after_ms(self, lane: Lane) -> int:
+        """How long a job of ``lane`` waits before it counts as aged (ms)."""
         return int(self.max_wait_ms[lane] * self.aging_fraction)
 
     @classmethod
     def from_seconds(cls, max_wait_s: Mapping[Lane, float], fraction: float) -> AgingPolicy:
+        """From wait bounds in seconds per lane and the aging fraction."""
         return cls({lane: int(s * 1000) for lane, s in max_wait_s.items()}, fraction)
 
     @classmethod
@@ -76,6 +79,7 @@ class AgingPolicy:
         )
 
     def max_wait_s(self, lane: Lane) -> float:
+        """The wait bound of ``lane`` in seconds."""
         return self.max_wait_ms[lane] / 1000
 
 
@@ -95,9 +99,11 @@ class Ticket:
     seq: int = 0
 
     def deadline_ms(self, aging: AgingPolicy) -> int:
+        """When the job's wait reaches its lane's bound (ms, the queue's clock)."""
         return self.enqueued_at_ms + aging.max_wait_ms[self.lane]
 
     def is_aged(self, aging: AgingPolicy, now_ms: int) -> bool:
+        """Whether the job has waited long enough to go ahead of every unaged job."""
         return now_ms - self.enqueued_at_ms >= aging.aged_after_ms(self.lane)
 
 
@@ -215,6 +221,8 @@ class FairQueue:
         return None
 
     def eligible(self, ticket: Ticket, allow: ClaimFilter = EVERYTHING) -> bool:
+        """Whether ``ticket`` may start now: ``allow`` permits it and its user is under
+        their running cap."""
         if not allow.allows(ticket.lane, ticket.tier):
             return False
         return ticket.max_running <= 0 or self._running.get(ticket.user, 0) < ticket.max_running
@@ -235,10 +243,8 @@ class FairQueue:
 
     # -- looking ---------------------------------------------------------------------------
 
-    def get(self, job_id: str) -> Ticket | None:
-        return self._tickets.get(job_id)
-
     def depth(self, lane: Lane | None = None) -> int:
+        """Queued jobs in ``lane``, or in every lane."""
         lanes = LANE_ORDER if lane is None else (lane,)
         return sum(self._lanes[one].count for one in lanes)
 
@@ -251,14 +257,13 @@ class FairQueue:
         return sum(1 for t in self.queued(ticket.lane) if (t.start_tag, t.seq) < key)
 
     def queued(self, lane: Lane | None = None) -> Iterable[Ticket]:
+        """Queued tickets of ``lane`` (or of every lane), in no particular order."""
         lanes = LANE_ORDER if lane is None else (lane,)
         return [t for t in self._tickets.values() if t.lane in lanes]
 
     def running(self, user: str) -> int:
+        """Jobs of ``user`` taken and not yet finished or given back."""
         return self._running.get(user, 0)
-
-    def vtime(self, lane: Lane) -> float:
-        return self._lanes[lane].vtime
 
 
 def _walk(

@@ -21,25 +21,29 @@ LEARNING_RATE = 0.2
 class StepTimes(Protocol):
     """Seconds of one denoising step of ``rows`` rows at a latent shape."""
 
-    def step_s(self, rows: int, width: int, height: int) -> float: ...
+    def step_s(self, rows: int, width: int, height: int) -> float:
+        """Seconds of one step of ``rows`` rows at ``width`` x ``height`` pixels."""
 
 
 @dataclass(frozen=True, slots=True)
 class StepModel:
     """Seconds per denoising step of a batch: ``fixed_s + row_s * rows * scale``, where
-    ``scale = (pixels / 512^2) ** pixel_exponent`` (attention grows faster than pixels)."""
+    ``scale = (pixels / 512^2) ** pixel_exponent`` (attention grows faster than pixels).
+    No defaults: the scheduler settings are the one source (:meth:`from_settings`)."""
 
-    fixed_s: float = 0.015
-    row_s: float = 0.009
-    pixel_exponent: float = 1.15
+    fixed_s: float
+    row_s: float
+    pixel_exponent: float
 
     def step_s(self, rows: int, width: int, height: int) -> float:
+        """Seconds of one step of ``rows`` rows at ``width`` x ``height`` pixels."""
         scale: float = (width * height / REFERENCE_PIXELS) ** self.pixel_exponent
         return self.fixed_s + self.row_s * rows * scale
 
     @classmethod
-    def from_settings(cls, settings: SchedulerSettings) -> StepModel:
-        return cls(settings.step_fixed_s, settings.step_row_s, settings.step_pixel_exponent)
+    def from_settings(cls, scheduler: SchedulerSettings) -> StepModel:
+        """The cost model the settings give for before any step was measured."""
+        return cls(scheduler.step_fixed_s, scheduler.step_row_s, scheduler.step_pixel_exponent)
 
 
 def rows_for(n: int, guidance: float | None) -> int:
@@ -56,15 +60,17 @@ class CostModel:
     hardware the service actually runs on.
     """
 
-    def __init__(self, steps: StepTimes | None = None) -> None:
-        self.steps: StepTimes = steps or StepModel()
+    def __init__(self, steps: StepTimes) -> None:
+        self.steps: StepTimes = steps
         self._correction: dict[tuple[str, int, int], float] = {}
 
     def step_s(self, model: str, rows: int, width: int, height: int) -> float:
+        """Seconds of one step of ``model``, corrected by what was measured at its size."""
         factor = self._correction.get((model, width, height), 1.0)
         return self.steps.step_s(rows, width, height) * factor
 
     def job_cost_s(self, model: str, *, steps: int, rows: int, width: int, height: int) -> float:
+        """Estimated device-seconds of ``steps`` steps of ``rows`` rows, running alone."""
         return steps * self.step_s(model, rows, width, height)
 
     def observe(self, model: str, *, rows: int, width: int, height: int, step_s: float) -> None:
@@ -88,10 +94,11 @@ class LaneDecision:
     reason: str
 
 
-def lane_by_cost(cost_s: float, settings: SchedulerSettings) -> Lane:
-    if cost_s <= settings.realtime_max_cost_s:
+def lane_by_cost(cost_s: float, scheduler: SchedulerSettings) -> Lane:
+    """The lane of a job of ``cost_s`` device-seconds by the settings' thresholds alone."""
+    if cost_s <= scheduler.realtime_max_cost_s:
         return Lane.REALTIME
-    if cost_s <= settings.batch_max_cost_s:
+    if cost_s <= scheduler.batch_max_cost_s:
         return Lane.BATCH
     return Lane.BACKGROUND
 
@@ -101,7 +108,7 @@ def classify(
     requested: Speed | None,
     tier_name: str,
     tier: TierSettings,
-    settings: SchedulerSettings,
+    scheduler: SchedulerSettings,
     *,
     fast_left_s: float | None = None,
 ) -> LaneDecision:
@@ -126,7 +133,7 @@ def classify(
         reasons.append("fast budget spent this month")
     if speed is Speed.RELAX and speed not in allowed:
         raise BadInputError(f"tier {tier_name} allows no lane for this job")
-    by_cost = lane_by_cost(cost_s, settings)
+    by_cost = lane_by_cost(cost_s, scheduler)
     if speed is Speed.RELAX:
         lane = Lane.BACKGROUND
     elif speed is Speed.TURBO and by_cost is not Lane.BACKGROUND:

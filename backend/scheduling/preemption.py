@@ -2,7 +2,8 @@
 
 Pure: the worker (and the scheduler benchmark) describe the device and the waiting
 job, and get back job ids to evict. Evicted jobs keep their state and go back to the
-queue ahead of their lane (see ``backend.fairness``), which is their resume boost.
+queue ahead of their lane (see :mod:`backend.scheduling.fairness`), which is their
+resume boost.
 """
 
 from __future__ import annotations
@@ -26,15 +27,20 @@ def rank(lane: Lane, aged: bool) -> int:
 @dataclass(frozen=True, slots=True)
 class Rules:
     """Anti-thrashing: a job runs ``min_steps`` between two preemptions, and is
-    preempted at most ``max_per_job`` times."""
+    preempted at most ``max_per_job`` times.
 
-    enabled: bool = True
-    min_steps: int = 4
-    max_per_job: int = 3
+    No defaults: the scheduler settings are the one source of these values, through
+    :meth:`from_settings`.
+    """
+
+    enabled: bool
+    min_steps: int
+    max_per_job: int
 
     @classmethod
-    def from_settings(cls, settings: SchedulerSettings) -> Rules:
-        return cls(settings.preemption, settings.preempt_min_steps, settings.preempt_max_per_job)
+    def from_settings(cls, scheduler: SchedulerSettings) -> Rules:
+        """The preemption switch and anti-thrashing limits the settings give."""
+        return cls(scheduler.preemption, scheduler.preempt_min_steps, scheduler.preempt_max_per_job)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,7 @@ class Running:
     remaining_steps: int = 0  # steps left to finish (for start-time estimates)
 
     def movable(self, rules: Rules) -> bool:
+        """Whether ``rules`` let this job be evicted now (whatever its rank)."""
         return self.steps_since_resume >= rules.min_steps and self.preemptions < rules.max_per_job
 
     def steps_until_gone(self, waiting: Candidate, rules: Rules) -> int:

@@ -1,5 +1,6 @@
 """A device worker: claims jobs from the queue, feeds them to its device's engine, and
-records what the engine reports (progress, images, failures, preemptions).
+records what the engine reports (claims, progress, images, failures, preemptions)
+through its :class:`~backend.worker.ledger.base.JobLedger`, never storage itself.
 
 The engine batches jobs at step level, so a worker holds several leases at once: it
 claims while the device has room, renews every lease it holds, and on shutdown
@@ -7,7 +8,7 @@ evicts unfinished jobs back to the queue with their checkpoints.
 
 At each step boundary the worker looks at the most urgent job that wants the device
 (the queue's head, or a job it claimed that waits for the running shape) and, by the
-rules of :mod:`backend.preemption`, evicts less urgent running jobs so that one can
+rules of :mod:`backend.scheduling.preemption`, evicts less urgent running jobs so that one can
 start at the next boundary; evicted jobs go back to the queue with their checkpoints
 and resume ahead of their lane.
 """
@@ -27,13 +28,12 @@ import structlog
 from PIL import Image
 
 from backend.catalog import ModelCatalog
-from backend.clock import usage_month, wall_ms
+from backend.clock import wall_ms
 from backend.engine.types import EngineEvent, EngineFactory, Outcome, Request
 from backend.errors import BackendError, QueueError
-from backend.events.base import EventKind, JobEvent
-from backend.events.memory import EventBus
+from backend.events.base import EventBus, EventKind, JobEvent
 from backend.grid import encode_png, make_grid
-from backend.models import Job, JobSpec, JobState
+from backend.models import Job, JobSpec
 from backend.queue.base import EVERYTHING, ClaimFilter, Head, JobQueue, Lease
 from backend.scheduling.lanes import rows_for
 from backend.scheduling.preemption import (
@@ -44,19 +44,22 @@ from backend.scheduling.preemption import (
     steps_until_start,
     victims,
 )
-from storage.db import Database
-from storage.images import ImageStore
+from backend.worker.ledger.base import GRID_INDEX, Attempt, JobLedger, ResultImage
 
 log = structlog.get_logger(__name__)
 
-GRID_INDEX = -1
 # Step boundaries whose scheduling overhead is kept for the benchmark and metrics.
 OVERHEAD_SAMPLES = 100_000
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
+    """How one device worker claims, batches and preempts."""
+
     worker_id: str
+    # When a more urgent job may take the device from running ones (no default: the
+    # scheduler settings are its one source, see ``Rules.from_settings``).
+    preemption: Rules
     device_name: str = "cpu"
     lease_s: float = 60.0
     poll_s: float = 1.0
@@ -67,8 +70,6 @@ class WorkerConfig:
     max_source_pixels: int = 4096 * 4096
     # What the device may start now (the degradation ladder's pauses).
     allow: Callable[[], ClaimFilter] = lambda: EVERYTHING
-    # When a more urgent job may take the device from running ones.
-    preemption: Rules = field(default_factory=Rules)
     # Throughput for start-time estimates: (solo device-seconds of work done in one
     # step, the step's seconds) at each boundary.
     on_step: Callable[[float, float], None] | None = None
@@ -91,6 +92,10 @@ class _Flight:
     @property
     def rank(self) -> int:
         return rank(self.lease.job.lane, aged=False)
+
+    @property
+    def attempt(self) -> Attempt:
+        return Attempt.of(self.lease)
 
     def as_running(self) -> Running:
         # Every claim after the first follows a preemption (or a lost lease).
@@ -116,15 +121,13 @@ class DeviceWorker:
         queue: JobQueue,
         engine_factory: EngineFactory,
         catalog: ModelCatalog,
-        db: Database,
-        images: ImageStore,
+        ledger: JobLedger,
         events: EventBus,
     ) -> None:
         self.config = config
         self._queue = queue
         self._catalog = catalog
-        self._db = db
-        self._images = images
+        self._ledger = ledger
         self._events = events
         self._flights: dict[str, _Flight] = {}
         self._inbox: asyncio.Queue[EngineEvent] = asyncio.Queue()
@@ -151,6 +154,7 @@ class DeviceWorker:
         await self.close()
 
     def start(self) -> None:
+        """Start the device thread and the claim, event and heartbeat tasks."""
         self._loop = asyncio.get_running_loop()
         self._engine.start()
         name = self.config.worker_id
@@ -215,6 +219,7 @@ class DeviceWorker:
         return True
 
     def cancel(self, job_id: str) -> bool:
+        """Stop a job at its next step boundary; False if this worker does not hold it."""
         flight = self._flights.get(job_id)
         if flight is None:
             return False
@@ -252,25 +257,28 @@ class DeviceWorker:
                 await self._begin(lease)
             except Exception as exc:  # one job's set-up failing must not stop claiming
                 log.exception("job_setup_failed", job_id=lease.job.id)
-                await self._fail(lease.job, f"set-up failed: {exc}")
+                # Recording the claim again changes nothing if it was recorded, and lets
+                # the failure count as this attempt's if it was not.
+                await self._ledger.claimed(Attempt.of(lease))
+                await self._fail(Attempt.of(lease), f"set-up failed: {exc}")
                 await self._ack(lease)
 
     async def _begin(self, lease: Lease) -> None:
         job = lease.job
+        attempt = Attempt.of(lease)
+        await self._ledger.claimed(attempt)
         try:
             request = await self._request_for(job)
         except (BackendError, ValueError, OSError) as exc:
-            await self._db.jobs.mark_started(job.id)
-            await self._fail(job, str(exc))
+            await self._fail(attempt, str(exc))
             await self._ack(lease)
             return
         checkpoint = lease.checkpoint
         if checkpoint is None:
-            # The queue lost it (Redis flushed, the job reconciled from SQLite): SQLite
-            # keeps the last checkpoint of a preempted job.
-            checkpoint = await self._db.jobs.checkpoint(job.id)
+            # The queue lost it (Redis flushed, the job reconciled from SQLite): the
+            # ledger keeps the last checkpoint of a preempted job.
+            checkpoint = await self._ledger.checkpoint(job.id)
         self._flights[job.id] = _Flight(lease, _rows(job), _shape(request.spec))
-        await self._db.jobs.mark_started(job.id)
         log.info("job_claimed", job_id=job.id, attempt=lease.attempt, resumed=bool(checkpoint))
         self._engine.submit(request, checkpoint)
 
@@ -316,6 +324,7 @@ class DeviceWorker:
             self._publish(
                 job.id, EventKind.STEP, event.step, event.total, event.eta_s, preview=event.preview
             )
+            await self._ledger.progress(flight.attempt, event.step, event.total)
             return
         if outcome is Outcome.STARTED:
             flight.running = True
@@ -333,9 +342,9 @@ class DeviceWorker:
             if outcome is Outcome.FINISHED:
                 await self._succeed(job, list(event.images), flight)
             elif outcome is Outcome.FAILED:
-                await self._fail(job, event.error or "failed")
+                await self._fail(flight.attempt, event.error or "failed")
             elif outcome is Outcome.CANCELLED:
-                await asyncio.shield(self._db.jobs.mark_finished(job.id, JobState.CANCELLED.value))
+                await asyncio.shield(self._ledger.cancelled(flight.attempt))
                 self._publish(job.id, EventKind.CANCELLED)
                 log.info("job_cancelled")
             elif outcome is Outcome.EVICTED:
@@ -433,12 +442,14 @@ class DeviceWorker:
         return best
 
     async def _succeed(self, job: Job, samples: list[Image.Image], flight: _Flight) -> None:
-        paths = await self._store(job, samples)
-        await asyncio.shield(self._db.jobs.mark_finished(job.id, JobState.SUCCEEDED.value))
-        await asyncio.shield(self._account(job, time.monotonic() - flight.started_s))
-        if flight.lease.attempt > 1:
-            await self._db.jobs.save_checkpoint(job.id, None)
-        self._publish(job.id, EventKind.SUCCEEDED, images=tuple(paths))
+        images = await asyncio.to_thread(_encode, samples)
+        run_s = time.monotonic() - flight.started_s
+        paths = await asyncio.shield(self._ledger.succeeded(job, flight.attempt, images, run_s))
+        if not paths:
+            # A later attempt holds the job (this lease was lost): its result stands.
+            log.warning("job_result_discarded", attempt=flight.lease.attempt)
+            return
+        self._publish(job.id, EventKind.SUCCEEDED, images=paths)
         spec = job.spec
         log.info(
             "job_finished",
@@ -447,27 +458,14 @@ class DeviceWorker:
             n=spec.n,
             width=spec.width,
             height=spec.height,
-            run_s=round(time.monotonic() - flight.started_s, 3),
+            run_s=round(run_s, 3),
             grid=paths[0],
         )
 
-    async def _store(self, job: Job, samples: list[Image.Image]) -> list[str]:
-        """Grid first, then each sample; files by content hash, rows in SQLite."""
-        paths = []
-        ordered = [(GRID_INDEX, make_grid(samples)), *enumerate(samples)]
-        for index, image in ordered:
-            data = await asyncio.to_thread(encode_png, image)
-            stored = await self._images.write_async(data, ".png")
-            await self._db.images.add(
-                job.id, index, str(stored.path), stored.sha256, image.width, image.height
-            )
-            paths.append(str(stored.path))
-        return paths
-
-    async def _fail(self, job: Job, reason: str) -> None:
-        await asyncio.shield(self._db.jobs.mark_finished(job.id, JobState.FAILED.value, reason))
-        self._publish(job.id, EventKind.FAILED, error=reason)
-        log.warning("job_failed", job_id=job.id, error=reason)
+    async def _fail(self, attempt: Attempt, reason: str) -> None:
+        await asyncio.shield(self._ledger.failed(attempt, reason))
+        self._publish(attempt.job_id, EventKind.FAILED, error=reason)
+        log.warning("job_failed", job_id=attempt.job_id, error=reason)
 
     async def _requeue(self, flight: _Flight, event: EngineEvent) -> None:
         job = flight.lease.job
@@ -477,22 +475,10 @@ class DeviceWorker:
         except QueueError as exc:
             log.warning("requeue_failed", job_id=job.id, error=str(exc))
             return
-        await asyncio.shield(self._save_requeued(job.id, event.checkpoint))
+        await asyncio.shield(self._ledger.requeued(flight.attempt, event.checkpoint))
         self._publish(job.id, EventKind.PREEMPTED, event.step, event.total)
         size = len(event.checkpoint) if event.checkpoint else 0
         log.info("job_preempted", job_id=job.id, step=event.step, checkpoint_bytes=size)
-
-    async def _save_requeued(self, job_id: str, checkpoint: bytes | None) -> None:
-        await self._db.jobs.save_checkpoint(job_id, checkpoint)
-        await self._db.jobs.mark_queued(job_id)
-
-    async def _account(self, job: Job, run_s: float) -> None:
-        """Charge the measured device time to the user's month, fast or relax."""
-        month = usage_month(wall_ms())
-        relax = job.meta.get("speed") == "relax"
-        await self._db.usage.add(
-            job.user_id, month, fast_s=0.0 if relax else run_s, relax_s=run_s if relax else 0.0
-        )
 
     async def _ack(self, lease: Lease) -> None:
         self._landed(lease.job.id)
@@ -537,6 +523,14 @@ class DeviceWorker:
             return
         if cancelled and not flight.stopping:
             self.cancel(job_id)
+
+
+def _encode(samples: list[Image.Image]) -> list[ResultImage]:
+    """The grid, then each sample, as PNG; blocking, so run it in a thread."""
+    ordered = [(GRID_INDEX, make_grid(samples)), *enumerate(samples)]
+    return [
+        ResultImage(index, encode_png(image), image.width, image.height) for index, image in ordered
+    ]
 
 
 def _rows(job: Job) -> int:

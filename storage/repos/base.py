@@ -32,23 +32,27 @@ class Session(Protocol):
 
 
 async def ensure_user(conn: aiosqlite.Connection, user_id: int, now_ms: int) -> None:
+    """Create the user row with its defaults unless it exists."""
     await execute(
         conn, "INSERT OR IGNORE INTO users (id, created_at_ms) VALUES (?, ?)", (user_id, now_ms)
     )
 
 
 async def ensure_guild(conn: aiosqlite.Connection, guild_id: int, now_ms: int) -> None:
+    """Create the guild row with its defaults unless it exists."""
     await execute(
         conn, "INSERT OR IGNORE INTO guilds (id, created_at_ms) VALUES (?, ?)", (guild_id, now_ms)
     )
 
 
 async def fetch_one(conn: aiosqlite.Connection, sql: str, params: Params) -> sqlite3.Row | None:
+    """The first row of a query, or None."""
     async with conn.execute(sql, params) as cursor:
         return await cursor.fetchone()
 
 
 async def fetch_all(conn: aiosqlite.Connection, sql: str, params: Params) -> list[sqlite3.Row]:
+    """Every row of a query."""
     async with conn.execute(sql, params) as cursor:
         return list(await cursor.fetchall())
 
@@ -69,11 +73,13 @@ async def insert_row(conn: aiosqlite.Connection, sql: str, params: Params) -> in
 
 
 def dump_object(value: dict[str, Any]) -> str:
-    # Canonical form, so equal settings are equal text (diffable, comparable in SQL).
+    """Canonical JSON (sorted keys, no spaces): equal objects are equal text, so they
+    diff and compare in SQL."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def load_object(text: str) -> dict[str, Any]:
+    """Parse text that must hold a JSON object; ValueError otherwise."""
     value = json.loads(text)
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, found {type(value).__name__}")
@@ -81,4 +87,5 @@ def load_object(text: str) -> dict[str, Any]:
 
 
 def column_names(columns: str) -> Iterable[str]:
+    """The names of a comma-separated column list, stripped."""
     return (name.strip() for name in columns.split(","))

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import aiosqlite
 
 from storage.errors import NotFoundError, StateConflictError
 from storage.repos.base import (
@@ -19,6 +22,7 @@ from storage.repos.base import (
     fetch_one,
     load_object,
 )
+from storage.repos.users import UsageCharge, add_usage
 
 JOB_STATES = ("submitted", "queued", "running", "succeeded", "failed", "cancelled")
 
@@ -29,6 +33,10 @@ FINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
 JOB_KINDS = frozenset({"imagine", "variation", "upscale", "reroll"})
 
 
+# What a worker's ledger records of an attempt; each takes effect at most once.
+LEDGER_ENTRIES = frozenset({"claimed", "requeued", "succeeded", "failed", "cancelled"})
+
+
 # A preempted or requeued job goes back to queued; a finished one never does.
 _REQUEUEABLE_STATES = ("submitted", "queued", "running")
 
@@ -36,7 +44,7 @@ _REQUEUEABLE_STATES = ("submitted", "queued", "running")
 _JOB_COLUMNS = (
     "id, kind, parent_job_id, user_id, guild_id, channel_id, spec_json, lane, state, "
     "attempts, error, submitted_at_ms, queued_at_ms, started_at_ms, finished_at_ms, "
-    "delivered_at_ms, meta_json"
+    "delivered_at_ms, step, total_steps, meta_json"
 )
 
 
@@ -63,6 +71,9 @@ class JobRow:
     started_at_ms: int | None
     finished_at_ms: int | None
     delivered_at_ms: int | None
+    # Denoising progress of the current attempt as last recorded (0 of 0: none yet).
+    step: int
+    total_steps: int
     meta: dict[str, Any]
 
 
@@ -190,16 +201,147 @@ class JobRepo:
         await self._mark(job_id, "checkpoint = ?", (checkpoint,))
 
     async def checkpoint(self, job_id: str) -> bytes | None:
+        """The saved state of a preempted job, or None."""
         async with self._db.reading() as conn:
             row = await fetch_one(conn, "SELECT checkpoint FROM jobs WHERE id = ?", (job_id,))
         return bytes(row["checkpoint"]) if row is not None and row["checkpoint"] else None
 
-    async def set_lane(self, job_id: str, lane: str) -> None:
-        await self._mark(job_id, "lane = ?", (lane,))
-
     async def mark_delivered(self, job_id: str) -> None:
         """The job's result reached the user."""
         await self._mark(job_id, "delivered_at_ms = ?", (self._db.now_ms(),))
+
+    # -- attempts, as a worker's ledger records them -----------------------------------
+    #
+    # Each call below is keyed by the job, the attempt (the queue's number and the lease
+    # token) and the entry, and takes effect at most once: the key is written to
+    # ledger_entries in the effect's transaction. A call of an attempt other than the
+    # one that last claimed the job (a stale one) is ignored, as is any call on a
+    # finished job. Each returns whether it took effect.
+
+    async def claim_attempt(self, job_id: str, attempt: int, token: str) -> bool:
+        """Attempt ``attempt`` (lease ``token``) began: the job is running, one more
+        attempt is counted and its progress starts again. Ignored if the job is running
+        under a later attempt."""
+        async with self._db.transaction() as conn:
+            row = await _open_entry(conn, job_id, token, "claimed")
+            if row is None or not _may_claim(row, attempt):
+                return False
+            now = self._db.now_ms()
+            await execute(
+                conn,
+                "UPDATE jobs SET state = 'running', started_at_ms = ?, attempts = attempts + 1,"
+                " attempt_number = ?, attempt_token = ?, step = 0, total_steps = 0 WHERE id = ?",
+                (now, attempt, token, job_id),
+            )
+            await _record_entry(conn, job_id, attempt, token, "claimed", now)
+        return True
+
+    async def record_progress(self, job_id: str, token: str, step: int, total: int) -> bool:
+        """The running attempt reached ``step`` of ``total``. Never moves backwards; a job
+        that is not running under this attempt, or unknown, is left alone. One UPDATE."""
+        async with self._db.transaction() as conn:
+            changed = await execute(
+                conn,
+                "UPDATE jobs SET step = ?, total_steps = ? WHERE id = ? AND state = 'running'"
+                " AND (attempt_token IS NULL OR attempt_token = ?) AND step < ?",
+                (step, total, job_id, token, step),
+            )
+        return changed > 0
+
+    async def requeue_attempt(
+        self,
+        job_id: str,
+        attempt: int,
+        token: str,
+        checkpoint: bytes | None,
+        progress: tuple[int, int] | None = None,
+    ) -> bool:
+        """The attempt gave the job back to the queue: it is queued again with
+        ``checkpoint`` to resume from, and ``progress`` (step, total) if it is further
+        than the recorded step."""
+        async with self._db.transaction() as conn:
+            row = await _open_entry(conn, job_id, token, "requeued")
+            if row is None or not _holds(row, token):
+                return False
+            now = self._db.now_ms()
+            step, total = progress if progress is not None else (0, 0)
+            if step <= row["step"]:
+                step, total = row["step"], row["total_steps"]
+            await execute(
+                conn,
+                "UPDATE jobs SET state = 'queued', queued_at_ms = ?, checkpoint = ?,"
+                " step = ?, total_steps = ? WHERE id = ?",
+                (now, checkpoint, step, total, job_id),
+            )
+            await _record_entry(conn, job_id, attempt, token, "requeued", now)
+        return True
+
+    async def succeed_attempt(
+        self,
+        job_id: str,
+        attempt: int,
+        token: str,
+        images: Sequence[ImageRow],
+        charge: UsageCharge | None = None,
+    ) -> bool:
+        """The attempt finished the job: its images are recorded, the job succeeded, the
+        device time is charged and a saved checkpoint is cleared, all in one transaction."""
+        async with self._db.transaction() as conn:
+            row = await _open_entry(conn, job_id, token, "succeeded")
+            if row is None or not _holds(row, token):
+                return False
+            now = self._db.now_ms()
+            for image in images:
+                await _insert_image(conn, image)
+            await execute(
+                conn,
+                "UPDATE jobs SET state = 'succeeded', error = NULL, finished_at_ms = ?,"
+                " checkpoint = NULL WHERE id = ?",
+                (now, job_id),
+            )
+            if charge is not None:
+                await add_usage(conn, charge, now)
+            await _record_entry(conn, job_id, attempt, token, "succeeded", now)
+        return True
+
+    async def end_attempt(
+        self, job_id: str, attempt: int, token: str, state: str, error: str | None = None
+    ) -> bool:
+        """The attempt ended the job without a result: ``state`` is failed (with
+        ``error``) or cancelled."""
+        if state not in ("failed", "cancelled"):
+            raise ValueError(f"an attempt ends a job failed or cancelled, not {state!r}")
+        async with self._db.transaction() as conn:
+            row = await _open_entry(conn, job_id, token, state)
+            if row is None or not _holds(row, token):
+                return False
+            now = self._db.now_ms()
+            await execute(
+                conn,
+                "UPDATE jobs SET state = ?, error = ?, finished_at_ms = ? WHERE id = ?",
+                (state, error, now, job_id),
+            )
+            await _record_entry(conn, job_id, attempt, token, state, now)
+        return True
+
+    async def would_apply(self, job_id: str, attempt: int, token: str, entry: str) -> bool:
+        """Whether call ``entry`` of the attempt would take effect now (before work that
+        only that call needs, such as writing image files)."""
+        async with self._db.reading() as conn:
+            row = await _open_entry(conn, job_id, token, entry)
+        if row is None:
+            return False
+        return _may_claim(row, attempt) if entry == "claimed" else _holds(row, token)
+
+    async def applied(self, job_id: str, token: str, entry: str) -> bool:
+        """Whether call ``entry`` of the attempt with lease ``token`` took effect."""
+        async with self._db.reading() as conn:
+            row = await fetch_one(
+                conn,
+                "SELECT 1 FROM ledger_entries WHERE job_id = ? AND token = ? AND entry = ?",
+                (job_id, token, entry),
+            )
+        return row is not None
 
     async def _mark(self, job_id: str, assignments: str, params: Params) -> None:
         async with self._db.transaction() as conn:
@@ -307,13 +449,10 @@ class ImageRepo:
         self, job_id: str, idx: int, path: str, sha256: str, width: int, height: int
     ) -> ImageRow:
         """Record image ``idx`` of the job, replacing an earlier one (a retried attempt)."""
+        image = ImageRow(job_id, idx, path, sha256, width, height)
         async with self._db.transaction() as conn:
-            await execute(
-                conn,
-                f"INSERT OR REPLACE INTO images ({_IMAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, idx, path, sha256, width, height),
-            )
-        return ImageRow(job_id, idx, path, sha256, width, height)
+            await _insert_image(conn, image)
+        return image
 
     async def list_for_job(self, job_id: str) -> list[ImageRow]:
         """The job's images by index: the grid (-1) first, then the samples."""
@@ -343,3 +482,63 @@ def _job(row: sqlite3.Row) -> JobRow:
 
 def _image(row: sqlite3.Row) -> ImageRow:
     return ImageRow(**{name: row[name] for name in column_names(_IMAGE_COLUMNS)})
+
+
+async def _open_entry(
+    conn: aiosqlite.Connection, job_id: str, token: str, entry: str
+) -> sqlite3.Row | None:
+    """The job's ledger columns if call ``entry`` of the attempt with lease ``token`` may
+    still take effect: it has not before, and the job is not finished."""
+    if entry not in LEDGER_ENTRIES:
+        raise ValueError(f"ledger entry must be one of {sorted(LEDGER_ENTRIES)}, not {entry!r}")
+    row = await fetch_one(
+        conn,
+        "SELECT state, attempt_number, attempt_token, step, total_steps FROM jobs WHERE id = ?",
+        (job_id,),
+    )
+    if row is None:
+        raise NotFoundError("job", job_id)
+    if row["state"] in FINAL_JOB_STATES:
+        return None
+    done = await fetch_one(
+        conn,
+        "SELECT 1 FROM ledger_entries WHERE job_id = ? AND token = ? AND entry = ?",
+        (job_id, token, entry),
+    )
+    return row if done is None else None
+
+
+def _holds(row: sqlite3.Row, token: str) -> bool:
+    """Whether the attempt with ``token`` is the one that last claimed the job (any
+    attempt is, while no claim was recorded)."""
+    return row["attempt_token"] is None or row["attempt_token"] == token
+
+
+def _may_claim(row: sqlite3.Row, attempt: int) -> bool:
+    """Whether a new claim takes the job: the queue leases a job to one attempt at a
+    time, so a job running under another lease keeps it unless the claim's number is
+    later (that lease was lost). A queued job's number may restart at 1 after the queue
+    lost it and it was re-enqueued from here, so only a running job is compared."""
+    if row["state"] != "running" or row["attempt_number"] is None:
+        return True
+    return attempt > int(row["attempt_number"])
+
+
+async def _record_entry(
+    conn: aiosqlite.Connection, job_id: str, attempt: int, token: str, entry: str, now_ms: int
+) -> None:
+    await execute(
+        conn,
+        "INSERT INTO ledger_entries (job_id, token, attempt, entry, applied_at_ms)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (job_id, token, attempt, entry, now_ms),
+    )
+
+
+async def _insert_image(conn: aiosqlite.Connection, image: ImageRow) -> None:
+    # REPLACE: an image index holds one file; a later record of it wins.
+    await execute(
+        conn,
+        f"INSERT OR REPLACE INTO images ({_IMAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+        (image.job_id, image.idx, image.path, image.sha256, image.width, image.height),
+    )

@@ -15,6 +15,7 @@ class StateRepo:
         self._db = db
 
     async def get(self, key: str) -> Any:
+        """The value stored under ``key``, or None."""
         async with self._db.reading() as conn:
             row = await fetch_one(
                 conn, "SELECT value_json FROM service_state WHERE key = ?", (key,)
@@ -22,6 +23,7 @@ class StateRepo:
         return json.loads(row["value_json"]) if row is not None else None
 
     async def set(self, key: str, value: Any) -> None:
+        """Store ``value`` under ``key``, replacing any earlier one."""
         async with self._db.transaction() as conn:
             await execute(
                 conn,
@@ -32,5 +34,6 @@ class StateRepo:
             )
 
     async def delete(self, key: str) -> bool:
+        """Forget ``key``; True if it was stored."""
         async with self._db.transaction() as conn:
             return bool(await execute(conn, "DELETE FROM service_state WHERE key = ?", (key,)))

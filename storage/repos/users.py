@@ -58,6 +58,30 @@ class UsageRow:
     jobs: int
 
 
+@dataclass(frozen=True, slots=True)
+class UsageCharge:
+    """Device seconds one finished job adds to its user's month."""
+
+    user_id: int
+    month: str
+    fast_s: float
+    relax_s: float
+
+
+async def add_usage(conn: aiosqlite.Connection, charge: UsageCharge, now_ms: int) -> None:
+    """Add ``charge`` (and one job) to the user's month, inside the caller's transaction,
+    so that a job's charge commits together with its result."""
+    await ensure_user(conn, charge.user_id, now_ms)
+    await execute(
+        conn,
+        "INSERT INTO usage (user_id, month, fast_gpu_s, relax_gpu_s, jobs)"
+        " VALUES (?, ?, ?, ?, 1) ON CONFLICT (user_id, month) DO UPDATE SET"
+        " fast_gpu_s = fast_gpu_s + excluded.fast_gpu_s,"
+        " relax_gpu_s = relax_gpu_s + excluded.relax_gpu_s, jobs = jobs + 1",
+        (charge.user_id, charge.month, charge.fast_s, charge.relax_s),
+    )
+
+
 class UserRepo:
     """Users, created on first sight with the default tier."""
 
@@ -154,18 +178,12 @@ class UsageRepo:
         self._db = db
 
     async def add(self, user_id: int, month: str, *, fast_s: float, relax_s: float) -> None:
+        """Add one job's device seconds to the user's month."""
         async with self._db.transaction() as conn:
-            await ensure_user(conn, user_id, self._db.now_ms())
-            await execute(
-                conn,
-                "INSERT INTO usage (user_id, month, fast_gpu_s, relax_gpu_s, jobs)"
-                " VALUES (?, ?, ?, ?, 1) ON CONFLICT (user_id, month) DO UPDATE SET"
-                " fast_gpu_s = fast_gpu_s + excluded.fast_gpu_s,"
-                " relax_gpu_s = relax_gpu_s + excluded.relax_gpu_s, jobs = jobs + 1",
-                (user_id, month, fast_s, relax_s),
-            )
+            await add_usage(conn, UsageCharge(user_id, month, fast_s, relax_s), self._db.now_ms())
 
     async def get(self, user_id: int, month: str) -> UsageRow:
+        """The user's device time in ``month`` (zeros if none was measured)."""
         async with self._db.reading() as conn:
             row = await fetch_one(
                 conn,

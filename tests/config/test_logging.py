@@ -9,7 +9,13 @@ import logging
 import pytest
 import structlog
 
-from config.logging import REDACTED, configure_logging, redact_text, register_secret
+from config.logging import (
+    REDACTED,
+    configure_logging,
+    is_terminal,
+    redact_text,
+    register_secret,
+)
 
 BOT_TOKEN = "MTA4NzY1NDMyMTA5ODc2NTQzMg.GaBcDe.abcdefghijklmnopqrstuvwxyz0123456789AB"
 
@@ -72,3 +78,18 @@ def test_level_filters(json_stream: io.StringIO) -> None:
     structlog.get_logger("t").warning("loud")
     events = [line["event"] for line in _lines(json_stream)]
     assert events == ["loud"]
+
+
+def test_is_terminal_only_for_a_live_tty() -> None:
+    """A plain buffer, a closed stream and an object without isatty are not terminals."""
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    closed = io.StringIO()
+    closed.close()
+    assert is_terminal(Terminal())
+    assert not is_terminal(io.StringIO())
+    assert not is_terminal(closed)
+    assert not is_terminal(object())  # type: ignore[arg-type]

@@ -13,31 +13,19 @@ import pytest
 from storage.db import Database
 from storage.errors import NotFoundError, StateConflictError
 from storage.migrate import current_version, discover
+from tests.fakes import FakeClock
 
 SPEC = '{"prompt":"a lighthouse at dusk","seed":7}'
 
 
-class FakeClock:
-    """Milliseconds that move only when a test says so."""
-
-    def __init__(self, now_ms: int = 1_000) -> None:
-        self.now_ms = now_ms
-
-    def __call__(self) -> int:
-        return self.now_ms
-
-    def advance(self, ms: int) -> None:
-        self.now_ms += ms
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(start_ms=1_000)
 
 
 @pytest.fixture
 async def db(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Database]:
-    async with Database.open(tmp_path / "data" / "imagine.db", now_ms=clock) as database:
+    async with Database.open(tmp_path / "data" / "imagine.db", now_ms=clock.ms) as database:
         yield database
 
 

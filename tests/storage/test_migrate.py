@@ -22,6 +22,7 @@ EXPECTED_TABLES = {
     "audit_log",
     "usage",
     "service_state",
+    "ledger_entries",
 }
 LATEST = len(discover())
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from backend.engine import batch as batch_module
-from backend.engine.batch import BatchCore, BatchLimits, Outcome
+from backend.engine.batch import BatchCore, BatchKey, BatchLimits, Outcome
 from backend.engine.runtime import ModelRuntime
 from backend.engine.sampler import ActiveJob, Request
 from backend.models import JobSpec
@@ -77,4 +77,15 @@ def test_out_of_memory_splits_the_batch_and_loses_nothing(
     finished = {job for job, outcome, _ in log if outcome is Outcome.FINISHED}
     assert finished == {"j0", "j1", "j2", "j3"}
     assert not any(outcome is Outcome.FAILED for _, outcome, _ in log)
-    assert core.limits.rows_by_key[("tiny", 4, 8, 8)] == 4
+    assert core.limits.rows_by_key[BatchKey("tiny", 4, 8, 8)] == 4
+
+
+def test_batch_key_names_the_model_and_latent_shape(runtime: ModelRuntime) -> None:
+    """The running batch's key is a BatchKey read by name: model, latent channels and size."""
+    core = BatchCore(lambda _name: runtime)
+    assert core.key is None
+    core.submit(Request("wide", replace(SPEC, width=128)))
+    core.step()
+    key = core.key
+    assert isinstance(key, BatchKey)
+    assert (key.model, key.channels, key.latent_height, key.latent_width) == ("tiny", 4, 8, 16)

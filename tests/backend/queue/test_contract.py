@@ -16,17 +16,7 @@ from backend.queue.memory import MemoryQueue
 from backend.queue.redis import RedisQueue
 from backend.scheduling.fairness import ClaimFilter
 from tests.conftest import REDIS_URL
-
-
-class FakeClock:
-    """Milliseconds that move only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000
-
-    def __call__(self) -> int:
-        return self.now
-
+from tests.fakes import FakeClock
 
 QueueFactory = Callable[[FakeClock], JobQueue]
 
@@ -34,11 +24,11 @@ QueueFactory = Callable[[FakeClock], JobQueue]
 def _redis_queue(clock: FakeClock) -> JobQueue:
     """A queue over the test Redis, in a namespace of its own (purged after the test)."""
     namespace = f"test-{uuid.uuid4().hex[:12]}"
-    return RedisQueue.from_url(REDIS_URL, namespace=namespace, now_ms=clock)
+    return RedisQueue.from_url(REDIS_URL, namespace=namespace, now_ms=clock.ms)
 
 
 BACKENDS: dict[str, QueueFactory] = {
-    "memory": lambda clock: MemoryQueue(now_ms=clock),
+    "memory": lambda clock: MemoryQueue(now_ms=clock.ms),
     "redis": _redis_queue,
 }
 
@@ -142,7 +132,7 @@ async def test_expired_lease_is_reclaimed_and_old_holder_refused(
     await queue.enqueue(make_job("a"))
     first = await queue.claim("w1", lease_s=5)
     assert first is not None
-    clock.now += 6_000
+    clock.advance(6_000)
     second = await queue.claim("w2", lease_s=5)
     assert second is not None and second.job.id == "a" and second.attempt == 2
     with pytest.raises(QueueError):
@@ -154,9 +144,9 @@ async def test_renew_extends_the_lease(queue: JobQueue, clock: FakeClock) -> Non
     await queue.enqueue(make_job("a"))
     lease = await queue.claim("w", lease_s=5)
     assert lease is not None
-    clock.now += 4_000
+    clock.advance(4_000)
     lease = await queue.renew(lease, lease_s=5)
-    clock.now += 4_000
+    clock.advance(4_000)
     assert await queue.claim("w2", lease_s=5) is None
     await queue.ack(lease)
 
@@ -234,11 +224,11 @@ async def test_fair_share_counts_cost(queue: JobQueue) -> None:
 async def test_aged_job_goes_before_higher_lanes(queue: JobQueue, clock: FakeClock) -> None:
     """Once a job has waited half its lane's bound it is served first, across lanes."""
     await queue.enqueue(make_job("old", Lane.BATCH))
-    clock.now += 149_000
+    clock.advance(149_000)
     await queue.enqueue(make_job("rt"))
     head = await queue.peek()
     assert head is not None and head.job.id == "rt" and not head.aged
-    clock.now += 1_000
+    clock.advance(1_000)
     head = await queue.peek()
     assert head is not None and head.job.id == "old" and head.aged
     assert await claim_all(queue) == ["old", "rt"]
@@ -248,7 +238,7 @@ async def test_requeued_job_waits_afresh_before_aging(queue: JobQueue, clock: Fa
     """A preempted job's aging clock restarts: it does not come back aged and outrank
     the job it made room for, and ages again after another half bound of waiting."""
     await queue.enqueue(make_job("old", Lane.BATCH))
-    clock.now += 150_000
+    clock.advance(150_000)
     lease = await queue.claim("w", lease_s=1000)
     assert lease is not None and lease.job.id == "old"
     await queue.enqueue(make_job("rt"))
@@ -259,7 +249,7 @@ async def test_requeued_job_waits_afresh_before_aging(queue: JobQueue, clock: Fa
     assert rt is not None and rt.job.id == "rt"
     head = await queue.peek()
     assert head is not None and head.job.id == "old" and not head.aged
-    clock.now += 150_000
+    clock.advance(150_000)
     head = await queue.peek()
     assert head is not None and head.job.id == "old" and head.aged
 
@@ -320,6 +310,6 @@ async def test_expired_lease_frees_the_running_slot(queue: JobQueue, clock: Fake
     await queue.enqueue(make_job("b", user_id=1, max_running=1))
     lease = await queue.claim("w1", lease_s=1)
     assert lease is not None and lease.job.id == "a"
-    clock.now += 1_001
+    clock.advance(1_001)
     again = await queue.claim("w2", lease_s=10)
     assert again is not None and again.job.id == "a" and again.attempt == 2

@@ -20,15 +20,16 @@ from backend.queue.memory import MemoryQueue
 from backend.queue.redis import JOB_TTL_S, RedisQueue
 from backend.scheduling.fairness import EVERYTHING, ClaimFilter
 from config.settings import load_settings
-from tests.backend.queue.test_contract import FakeClock, make_job
+from tests.backend.queue.test_contract import make_job
 from tests.conftest import REDIS_URL
+from tests.fakes import FakeClock
 
 
 @pytest.fixture
 async def queue(
     redis_client: Redis, redis_namespace: str, clock: FakeClock
 ) -> AsyncIterator[RedisQueue]:
-    backend = RedisQueue(redis_client, namespace=redis_namespace, now_ms=clock)
+    backend = RedisQueue(redis_client, namespace=redis_namespace, now_ms=clock.ms)
     yield backend
     await backend.close()
 
@@ -42,8 +43,8 @@ async def test_namespaces_do_not_see_each_other(
     redis_client: Redis, redis_namespace: str, clock: FakeClock
 ) -> None:
     """Two namespaces on one Redis are two queues: jobs, depths and claims stay apart."""
-    first = RedisQueue(redis_client, namespace=f"{redis_namespace}:a", now_ms=clock)
-    second = RedisQueue(redis_client, namespace=f"{redis_namespace}:b", now_ms=clock)
+    first = RedisQueue(redis_client, namespace=f"{redis_namespace}:a", now_ms=clock.ms)
+    second = RedisQueue(redis_client, namespace=f"{redis_namespace}:b", now_ms=clock.ms)
     await first.enqueue(make_job("a"))
     assert await second.enqueue(make_job("a"))  # the same id is new over there
     await second.enqueue(make_job("b"))
@@ -97,7 +98,7 @@ async def test_state_survives_a_new_client(
     lease = await queue.claim("w", lease_s=10)
     assert lease is not None and lease.job.id == "a0"
     await queue.close()
-    other = RedisQueue.from_url(REDIS_URL, namespace=redis_namespace, now_ms=clock)
+    other = RedisQueue.from_url(REDIS_URL, namespace=redis_namespace, now_ms=clock.ms)
     try:
         assert await other.depth() == 3
         await other.ack(lease)
@@ -116,7 +117,7 @@ async def test_concurrent_claims_never_share_a_job(
     for i in range(10):
         await queue.enqueue(make_job(f"j{i}", user_id=i % 3))
     workers = [
-        RedisQueue.from_url(REDIS_URL, namespace=redis_namespace, now_ms=clock) for _ in range(4)
+        RedisQueue.from_url(REDIS_URL, namespace=redis_namespace, now_ms=clock.ms) for _ in range(4)
     ]
     try:
         leases = await asyncio.gather(
@@ -241,7 +242,7 @@ class Twins:
 
     def advance(self, ms: int) -> None:
         for clock in self.clocks:
-            clock.now += ms
+            clock.advance(ms)
 
 
 def _users(rng: random.Random) -> list[dict[str, Any]]:
@@ -276,8 +277,8 @@ async def test_claim_order_matches_the_memory_backend(
     rng = random.Random(20_240_611)
     clocks = [FakeClock(), FakeClock()]
     twins = Twins(
-        MemoryQueue(now_ms=clocks[0]),
-        RedisQueue(redis_client, namespace=redis_namespace, now_ms=clocks[1]),
+        MemoryQueue(now_ms=clocks[0].ms),
+        RedisQueue(redis_client, namespace=redis_namespace, now_ms=clocks[1].ms),
         clocks,
     )
     users = _users(rng)

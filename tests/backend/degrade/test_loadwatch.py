@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from backend.app import open_backend
-from backend.degrade.controller import DegradeController
 from backend.degrade.ladder import Level, LoadSample, Transition
 from backend.degrade.loadwatch import LoadMeter, LoadWatcher
 from backend.degrade.memory import MemoryLevelStore
@@ -22,19 +21,8 @@ from backend.models import Job, JobSpec, Lane
 from backend.queue.memory import MemoryQueue
 from config.settings import Settings, load_settings
 from storage.db import Database
-
-
-class FakeClock:
-    """Seconds (monotonic) and milliseconds (the database's) that move together by hand."""
-
-    def __init__(self) -> None:
-        self.now_s = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-    def ms(self) -> int:
-        return round(self.now_s * 1000)
+from tests.backend.degrade.test_controller import controller_for
+from tests.fakes import FakeClock
 
 
 @dataclass
@@ -128,7 +116,7 @@ def test_load_meter_reads_an_empty_window_as_idle() -> None:
 
 async def test_a_job_queued_for_200_s_reads_as_a_200_s_wait(db: Database, clock: FakeClock) -> None:
     """A queue holding one old job reads as a long p95 wait although nothing started."""
-    controller = DegradeController(load_settings(), db, clock, store=MemoryLevelStore())
+    controller = controller_for(load_settings(), db, clock.monotonic, MemoryLevelStore())
     watcher = LoadWatcher(controller, MemoryQueue(), db)
     await _queued_row(db, "old")
     clock.now_s += 200
@@ -140,7 +128,7 @@ async def test_a_job_that_started_and_finished_between_samples_still_counts(
     db: Database, clock: FakeClock
 ) -> None:
     """The wait of a job seen neither queued nor running at a sample enters the window."""
-    controller = DegradeController(load_settings(), db, clock, store=MemoryLevelStore())
+    controller = controller_for(load_settings(), db, clock.monotonic, MemoryLevelStore())
     watcher = LoadWatcher(controller, MemoryQueue(), db)
     await watcher.tick()
     await _queued_row(db, "quick")
@@ -157,7 +145,7 @@ async def test_utilization_is_the_busy_fraction_of_the_local_devices(
     db: Database, clock: FakeClock
 ) -> None:
     """Polls of two devices, one busy throughout and one half the time, read as 0.75."""
-    controller = DegradeController(load_settings(), db, clock, store=MemoryLevelStore())
+    controller = controller_for(load_settings(), db, clock.monotonic, MemoryLevelStore())
     devices = [FakeDevice(busy=True), FakeDevice()]
     watcher = LoadWatcher(controller, MemoryQueue(), db, devices)
     watcher.poll_devices()
@@ -171,7 +159,7 @@ async def test_a_front_end_takes_the_utilization_of_the_hosts_with_devices(
 ) -> None:
     """Without devices the utilization is the device-weighted mean of the live hosts."""
     store = MemoryLevelStore()
-    controller = DegradeController(load_settings(), db, clock, store=store, host_id="front")
+    controller = controller_for(load_settings(), db, clock.monotonic, store, "front")
     await store.publish("one-gpu", HostLoad(Level.NORMAL, LoadSample(0, 0.0, 1.0), 1), 15)
     await store.publish("three-gpus", HostLoad(Level.NORMAL, LoadSample(0, 0.0, 0.2), 3), 15)
     watcher = LoadWatcher(controller, MemoryQueue(), db)
@@ -190,7 +178,7 @@ async def test_the_watcher_escalates_from_the_queue_depth_and_relaxes(
     queue = MemoryQueue()
     for index in range(10):
         await queue.enqueue(_job(index))
-    controller = DegradeController(_fast_settings(), db, clock, store=MemoryLevelStore())
+    controller = controller_for(_fast_settings(), db, clock.monotonic, MemoryLevelStore())
     seen: list[Transition] = []
     heavy, normal = asyncio.Event(), asyncio.Event()
 
@@ -247,7 +235,7 @@ async def test_the_watcher_survives_a_failing_sample(
             return await super().depth(lane)
 
     queue, store = FailingOnceQueue(), PublishWatchingStore()
-    controller = DegradeController(_fast_settings(), db, clock, store=store, host_id="me")
+    controller = controller_for(_fast_settings(), db, clock.monotonic, store, "me")
     async with LoadWatcher(controller, queue, db):
         await _wait_for(store.published)
         assert queue.calls == 2 and "me" in await store.hosts()
@@ -259,7 +247,7 @@ async def test_closing_stops_sampling_and_withdraws_the_host(
 ) -> None:
     """After close no pass runs any more and this host's level no longer counts."""
     store = PublishWatchingStore()
-    controller = DegradeController(_fast_settings(), db, clock, store=store, host_id="me")
+    controller = controller_for(_fast_settings(), db, clock.monotonic, store, "me")
     async with LoadWatcher(controller, MemoryQueue(), db):
         await _wait_for(store.published)
     store.published.clear()

@@ -123,12 +123,12 @@ def test_step_times_from_engine_bench() -> None:
         "height": 64,
         "batches": {"1": {"step_s": 0.01}, "2": {"step_s": 0.015}, "4": {"step_s": 0.02}},
     }
-    model = TableStepModel.from_engine_json(data)
+    model = TableStepModel.from_engine_json(data, 1.15)
     assert model.step_s(2, 64, 64) == pytest.approx(0.01)
     assert model.step_s(6, 64, 64) == pytest.approx(0.0175)
     assert model.step_s(2, 128, 128) > 4 * 0.01
     with pytest.raises(BadInputError):
-        TableStepModel.from_engine_json({"batches": {}})
+        TableStepModel.from_engine_json({"batches": {}}, 1.15)
 
 
 def _flow_stats(split: tuple[float, float]) -> RunStats:

@@ -8,116 +8,25 @@ one: one shape at a time, submission order), so the tests are about the decision
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from backend.catalog import ModelCatalog
-from backend.engine.types import EngineEvent, Outcome, Request
 from backend.events.base import EventKind, JobEvent
-from backend.events.memory import EventBus
+from backend.events.memory import LocalEventBus
 from backend.models import JobSpec, Lane, Speed
 from backend.queue.memory import MemoryQueue
 from backend.scheduling.preemption import Rules
 from backend.service import GenerationService
+from backend.worker.ledger.sqlite import SqliteLedger
 from backend.worker.worker import DeviceWorker, WorkerConfig
 from config.settings import Settings, load_settings
 from storage.db import Database
 from storage.images import ImageStore
-
-STEP_S = 0.01
-
-
-@dataclass
-class _FakeJob:
-    request: Request
-    done: int = 0
-
-    @property
-    def key(self) -> tuple[object, ...]:
-        spec = self.request.spec
-        return (spec.model, spec.width, spec.height)
-
-
-@dataclass
-class StepTimedEngine:
-    """Runs ``STEP_S`` per step on a thread; admits jobs of the running shape only."""
-
-    sink: Callable[[EngineEvent], None]
-    running: list[_FakeJob] = field(default_factory=list)
-    waiting: list[_FakeJob] = field(default_factory=list)
-    _evict: set[str] = field(default_factory=set)
-    _cancel: set[str] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
-    def submit(self, request: Request, checkpoint: bytes | None = None) -> None:
-        with self._lock:
-            self.waiting.append(_FakeJob(request, int(checkpoint or b"0")))
-
-    def evict(self, job_id: str) -> None:
-        with self._lock:
-            self._evict.add(job_id)
-
-    def cancel(self, job_id: str) -> None:
-        with self._lock:
-            self._cancel.add(job_id)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                events = self._boundary()
-            for event in events:
-                self.sink(event)
-            time.sleep(STEP_S)
-
-    def _boundary(self) -> list[EngineEvent]:
-        events = []
-        for pool in (self.running, self.waiting):
-            for job in list(pool):
-                job_id = job.request.job_id
-                if job_id in self._cancel:
-                    pool.remove(job)
-                    events.append(EngineEvent(job_id, Outcome.CANCELLED))
-                elif job_id in self._evict:
-                    pool.remove(job)
-                    saved = str(job.done).encode()
-                    events.append(EngineEvent(job_id, Outcome.EVICTED, job.done, checkpoint=saved))
-        self._evict.clear()
-        self._cancel.clear()
-        for job in list(self.waiting):
-            if not self.running or job.key == self.running[0].key:
-                self.waiting.remove(job)
-                self.running.append(job)
-                events.append(EngineEvent(job.request.job_id, Outcome.STARTED, job.done))
-        for job in list(self.running):
-            job.done += 1
-            total = job.request.steps
-            if job.done >= total:
-                self.running.remove(job)
-                image = Image.new("RGB", (8, 8))
-                images = (image,) * job.request.spec.n
-                events.append(
-                    EngineEvent(job.request.job_id, Outcome.FINISHED, total, total, 0.0, images)
-                )
-            else:
-                events.append(EngineEvent(job.request.job_id, Outcome.PROGRESS, job.done, total))
-        return events
+from tests.fakes import STEP_S, StepTimedEngine
 
 
 @dataclass
@@ -125,7 +34,7 @@ class Rig:
     settings: Settings
     service: GenerationService
     worker: DeviceWorker
-    events: EventBus
+    events: LocalEventBus
     db: Database
 
 
@@ -139,13 +48,12 @@ async def rig(tmp_path: Path, rules: Rules) -> AsyncIterator[Rig]:
     settings = load_settings()
     catalog = ModelCatalog(settings)
     queue = MemoryQueue()
-    events = EventBus()
+    events = LocalEventBus()
     async with Database.open(tmp_path / "jobs.db") as db:
-        service = GenerationService(settings, db, queue, catalog, events)
+        service = GenerationService(settings.scheduler, settings.engine, db, queue, catalog, events)
         config = WorkerConfig("w1", lease_s=5.0, poll_s=0.02, preemption=rules)
-        worker = DeviceWorker(
-            config, queue, StepTimedEngine, catalog, db, ImageStore(tmp_path / "img"), events
-        )
+        ledger = SqliteLedger(db, ImageStore(tmp_path / "img"))
+        worker = DeviceWorker(config, queue, StepTimedEngine, catalog, ledger, events)
         await db.users.ensure(1)
         await db.users.set_tier(1, "admin")
         async with worker:
@@ -221,7 +129,7 @@ def started_after_finish(events: list[JobEvent], late: str, early: str) -> bool:
     return kinds.index((late, EventKind.STARTED)) > kinds.index((early, EventKind.SUCCEEDED))
 
 
-@pytest.mark.parametrize("rules", [Rules(enabled=False)])
+@pytest.mark.parametrize("rules", [Rules(enabled=False, min_steps=2, max_per_job=10)])
 async def test_no_preemption_when_disabled(rig: Rig) -> None:
     """With preemption off, the realtime job waits for the background job to finish."""
     long_id = await start_long(rig)

@@ -1,7 +1,8 @@
-"""The ``imagine`` command line: generate, bad input, config show, migrate."""
+"""`imagine generate`: the whole path without Discord, bad input, the terminal progress view."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sqlite3
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from backend.events.base import EventKind, JobEvent
 from cli import main
-from storage.migrate import discover
+from cli.generate import ProgressView
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -110,78 +112,34 @@ def test_bad_output_path_exits_2(
         "directory": tmp_path,
     }[where]
     if where == "unwritable":
-        monkeypatch.setattr("cli.os.access", lambda *_args: False)
+        monkeypatch.setattr("cli.generate.os.access", lambda *_args: False)
     assert main(["generate", "a cat", "-o", str(target)]) == 2
     assert "output" in capsys.readouterr().err
     assert not (engine_env / "imagine.db").exists()
 
 
-def test_malformed_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A malformed config file is one line naming the file, status 2."""
-    config = tmp_path / "bad.toml"
-    config.write_text("[engine\n")
-    assert main(["--config", str(config), "generate", "a cat"]) == 2
-    error = capsys.readouterr().err.strip()
-    assert str(config) in error and error.count("\n") == 0
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
 
 
-def test_bad_setting_from_environment_exits_2(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A bad environment value exits 2 naming the key and value."""
-    monkeypatch.setenv("IMAGINE_LOG__LEVEL", "loud")
-    assert main(["config", "show"]) == 2
-    assert "log.level='loud'" in capsys.readouterr().err
+def test_terminal_gets_a_bar_with_steps_and_eta() -> None:
+    """On a terminal each step redraws one bar line with steps done and the ETA."""
+    stream = _Terminal()
+    view = ProgressView(stream, width=10)
+    view.show(JobEvent("j", EventKind.STEP, 1, 4, eta_s=3.0))
+    view.show(JobEvent("j", EventKind.STEP, 4, 4, eta_s=0.0))
+    view.close()
+    text = stream.getvalue()
+    assert "\r[##--------] 1/4 steps ETA  3.0s" in text
+    assert "\r[##########] 4/4 steps ETA  0.0s" in text
+    assert text.endswith("\n")
 
 
-def test_config_show_masks_token(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`config show` prints the effective settings as JSON without the token."""
-    monkeypatch.setenv("IMAGINE_DISCORD__TOKEN", "tok-123456789")
-    monkeypatch.setenv("IMAGINE_PROMPT__MAX_STEPS", "42")
-    assert main(["config", "show"]) == 0
-    out = capsys.readouterr().out
-    shown = json.loads(out)
-    assert shown["prompt"]["max_steps"] == 42
-    assert "tok-123456789" not in out
-
-
-def test_migrate_reports_version(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`imagine migrate` creates the database at the newest schema version."""
-    monkeypatch.setenv("IMAGINE_DATA_DIR", str(tmp_path))
-    latest = len(discover())
-    assert main(["migrate"]) == 0
-    assert f"schema version {latest}" in capsys.readouterr().out
-    with sqlite3.connect(tmp_path / "imagine.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == latest
-
-
-def test_build_tiny_refuses_existing_dir(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`model build-tiny` into an existing directory exits 2 and leaves it alone."""
-    (tmp_path / "keep.txt").write_text("x")
-    assert main(["model", "build-tiny", str(tmp_path)]) == 2
-    assert "already exists" in capsys.readouterr().err
-    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
-
-
-def test_degrade_override_is_set_shown_and_cleared(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`imagine degrade set heavy` pins the level across runs; `clear` hands it back;
-    a level that does not exist exits 2."""
-    monkeypatch.setenv("IMAGINE_DATA_DIR", str(tmp_path))
-    assert main(["degrade"]) == 0
-    assert "level normal (no override)" in capsys.readouterr().out
-    assert main(["degrade", "set", "heavy", "--actor", "7"]) == 0
-    capsys.readouterr()
-    assert main(["degrade", "show"]) == 0
-    assert "level heavy (override heavy)" in capsys.readouterr().out
-    assert main(["degrade", "set", "bogus"]) == 2
-    assert "normal, light, medium, heavy" in capsys.readouterr().err
-    assert main(["degrade", "clear"]) == 0
-    assert "level normal (no override)" in capsys.readouterr().out
+def test_pipe_gets_no_bar() -> None:
+    """Off a terminal, step events draw nothing (stages are logged instead)."""
+    stream = io.StringIO()
+    view = ProgressView(stream)
+    view.show(JobEvent("j", EventKind.STEP, 1, 4, eta_s=3.0))
+    view.close()
+    assert stream.getvalue() == ""

@@ -13,8 +13,7 @@ from PIL import Image
 
 from backend.app import Backend, open_backend
 from backend.errors import JobFailedError
-from backend.events.base import EventKind, JobEvent
-from backend.events.memory import Subscription
+from backend.events.base import EventKind, JobEvent, Subscription
 from backend.models import JobSpec
 from config.settings import load_settings
 

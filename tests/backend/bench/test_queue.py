@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import uuid
 from collections.abc import Iterator
@@ -10,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from redis import Redis
 
-from backend.bench.queue import add_arguments, main, run_queue_bench
+from backend.bench.queue import run_queue_bench
 from tests.conftest import REDIS_URL
 
 FIGURES = {
@@ -61,22 +60,3 @@ def test_bench_reports_every_figure_for_both_backends(namespace: str) -> None:
         assert all(figures[name] > 0 for name in FIGURES - {"queued"})
         assert figures["claim_p99_ms"] >= figures["claim_p50_ms"]
     assert any(line.startswith("redis ") for line in lines[:-1])
-
-
-def test_main_parses_flags_and_ends_with_json(capsys: pytest.CaptureFixture[str]) -> None:
-    """The command's flags reach the bench: one backend, the given preload, JSON last."""
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--backend", "memory", "--ops", "20", "--preload", "30", "--json"])
-    assert main(args) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert list(result["backends"]) == ["memory"]
-    assert result["backends"]["memory"]["queued"] == 30
-
-
-def test_main_refuses_a_bad_count() -> None:
-    """--ops must be a positive whole number."""
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--ops", "0"])
