@@ -13,21 +13,27 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-import structlog
-
-from backend.app import open_backend
 from backend.catalog import ModelCatalog
 from backend.errors import BadInputError
 from backend.events.base import EventKind, JobEvent
 from backend.prompt import PromptLimits, parse_prompt
 from cli.common import EXIT_OK, settings_for
-from config.logging import is_terminal
 from config.settings import PromptSettings, Settings
 
 if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger as BoundLogger
+
     from cli.common import Commands
 
-log = structlog.get_logger(__name__)
+
+def _log() -> BoundLogger:
+    """This module's logger. structlog (and the console renderer it pulls in) loads only
+    when a job runs, so the other commands and ``bench queue``'s figures stay in a light
+    process."""
+    import structlog
+
+    logger: BoundLogger = structlog.get_logger(__name__)
+    return logger
 
 
 def register(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -80,6 +86,9 @@ async def generate_to_file(
     settings: Settings, text: str, output: Path | None, *, user_id: int = 0
 ) -> Path:
     """Parse, queue, run and store one job; returns the grid's path (``output`` if given)."""
+    # The service and its stores load only when a job runs (see _log).
+    from backend.app import open_backend
+
     spec = parse_prompt(text, prompt_limits(settings.prompt))
     ModelCatalog(settings).get(spec.model)  # refuse an unknown model before storing anything
     progress = ProgressView(sys.stderr)
@@ -88,7 +97,7 @@ async def generate_to_file(
         job_id = service.new_job_id()
         subscription = service.follow(job_id)
         await service.submit(spec, user_id=user_id, job_id=job_id)
-        log.info("generate_submitted", job_id=job_id, seed=spec.seed)
+        _log().info("generate_submitted", job_id=job_id, seed=spec.seed)
         try:
             async for event in subscription:
                 progress.show(event)
@@ -123,6 +132,8 @@ class ProgressView:
 
     def __init__(self, stream: TextIO, width: int = 30) -> None:
         self._stream = stream
+        from config.logging import is_terminal
+
         self._tty = is_terminal(stream)
         self._width = width
         self._started = time.monotonic()
@@ -136,10 +147,10 @@ class ProgressView:
             return
         self.close()
         if event.kind is EventKind.FAILED:
-            log.error("job_failed", job_id=event.job_id, error=event.error)
+            _log().error("job_failed", job_id=event.job_id, error=event.error)
         else:
             elapsed = round(time.monotonic() - self._started, 2)
-            log.info(f"job_{event.kind.value}", job_id=event.job_id, elapsed_s=elapsed)
+            _log().info(f"job_{event.kind.value}", job_id=event.job_id, elapsed_s=elapsed)
 
     def _draw(self, event: JobEvent) -> None:
         total = max(event.total, 1)
