@@ -15,6 +15,7 @@ RUN apt-get update \
 RUN python3.11 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
+COPY cli cli
 COPY bot bot
 COPY backend backend
 COPY storage storage

@@ -509,51 +509,56 @@ def graph() -> ImportGraph:
     return build_graph(ROOT, FIRST_PARTY)
 
 
+def _assert_none(violations: list[str]) -> None:
+    """Fail with every violation on its own line (module, import, file and line)."""
+    assert not violations, "\n".join(["", *violations])
+
+
 def test_no_import_cycles(graph: ImportGraph) -> None:
     """No chain of imports (module level, TYPE_CHECKING or in a function) returns to its start."""
-    assert find_cycles(graph) == []
+    _assert_none(find_cycles(graph))
 
 
 @pytest.mark.parametrize("rule", LAYERS, ids=lambda rule: f"{type(rule).__name__}-{rule.why}")
 def test_layer_rule_holds(graph: ImportGraph, rule: Rule) -> None:
     """No first-party import breaks the rule (cli -> bot -> backend -> storage, config)."""
-    assert layer_violations(graph, [rule]) == []
+    _assert_none(layer_violations(graph, [rule]))
 
 
 def test_policy_never_reaches_torch_redis_or_discord(graph: ImportGraph) -> None:
     """No pure policy module uses or loads torch, diffusers, transformers, redis or discord."""
     starts = [module for prefix in POLICY for module in graph.under(prefix)]
-    assert [
-        v for start in starts for v in reach_violations(graph, start, POLICY_NEVER_REACHES)
-    ] == []
+    _assert_none(
+        [v for start in starts for v in reach_violations(graph, start, POLICY_NEVER_REACHES)]
+    )
 
 
 def test_worker_and_engine_never_reach_discord(graph: ImportGraph) -> None:
     """No module of the worker or the engine uses or loads discord, by any chain."""
     starts = graph.under("backend.worker") + graph.under("backend.engine")
-    assert [v for start in starts for v in reach_violations(graph, start, ("discord",))] == []
+    _assert_none([v for start in starts for v in reach_violations(graph, start, ("discord",))])
 
 
 def test_bot_never_reaches_torch(graph: ImportGraph) -> None:
     """No module of the bot uses or loads torch, diffusers or transformers, by any chain."""
-    assert [v for start in graph.under("bot") for v in reach_violations(graph, start, HEAVY)] == []
+    _assert_none([v for start in graph.under("bot") for v in reach_violations(graph, start, HEAVY)])
 
 
 def test_importing_worker_and_engine_loads_no_discord(graph: ImportGraph) -> None:
     """Importing the worker and every engine module in a fresh interpreter loads no discord."""
     modules = graph.under("backend.worker") + graph.under("backend.engine")
-    assert loaded_after_importing(modules, ("discord",)) == []
+    _assert_none(loaded_after_importing(modules, ("discord",)))
 
 
 def test_importing_the_bot_loads_no_torch(graph: ImportGraph) -> None:
     """Importing every module of the bot in a fresh interpreter loads no torch."""
-    assert loaded_after_importing(graph.under("bot"), HEAVY) == []
+    _assert_none(loaded_after_importing(graph.under("bot"), HEAVY))
 
 
 def test_torch_free_modules_do_not_import_torch(graph: ImportGraph) -> None:
     """Importing the torch-free modules in a fresh interpreter loads no torch."""
     assert set(TORCH_FREE) <= graph.modules, "a torch-free module was renamed; update the list"
-    assert loaded_after_importing(TORCH_FREE, HEAVY) == []
+    _assert_none(loaded_after_importing(TORCH_FREE, HEAVY))
 
 
 # --------------------------------------------------------------------------- the checker
