@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
@@ -16,19 +19,30 @@ from backend.clock import monotonic_s
 from backend.degrade import make_level_store
 from backend.degrade.controller import DegradeController
 from backend.degrade.loadwatch import LoadWatcher
+from backend.errors import BadInputError
 from backend.events import EventBus, make_event_bus
 from backend.queue import JobQueue, make_queue
 from backend.service import GenerationService
-from config.settings import QueueBackend, Settings
+from config.settings import QueueBackend, QueueSettings, Settings, mask_url
 from storage.db import Database
+from storage.errors import DataDirInUseError
 from storage.images import ImageStore
+from storage.lock import hold_data_dir
 
 if TYPE_CHECKING:
+    import torch
     from redis.asyncio import Redis
 
+    from backend.worker.ledger.base import JobLedger
     from backend.worker.worker import DeviceWorker
 
 log = structlog.get_logger(__name__)
+
+# How long running jobs may go on when the backend closes before they are checkpointed
+# and requeued; an interrupted owner (a signal, a cancelled task) gives them none.
+DRAIN_S = 30.0
+# A Redis that does not answer a PING in this long counts as unreachable at start-up.
+REDIS_PING_TIMEOUT_S = 5.0
 
 
 @dataclass(slots=True)
@@ -44,20 +58,82 @@ class Backend:
     service: GenerationService
     degrade: DegradeController
     workers: list[DeviceWorker] = field(default_factory=list)
+    # What :meth:`stop` gives running jobs by default; :meth:`interrupt` sets it to 0.
+    drain_s: float = DRAIN_S
+    _stopping: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def held_jobs(self) -> int:
+        """How many jobs this process's workers hold (running, or claimed to run next)."""
+        return sum(len(worker.held_job_ids) for worker in self.workers)
+
+    def interrupt(self) -> None:
+        """Save the jobs this process holds at their next step instead of letting them
+        finish: the coming stop has no drain, and a stop under way cuts its drain short.
+        (Its workers no longer claim, so what they give back stays queued.)"""
+        self.drain_s = 0.0
+        if self._stopping is None:
+            return
+        for worker in self.workers:
+            for job_id in worker.held_job_ids:
+                worker.evict(job_id)
+
+    async def stop(self, drain_s: float | None = None) -> None:
+        """Close this process's workers, once: they stop claiming, running jobs get
+        ``drain_s`` (default :attr:`drain_s`) to finish, and the rest go back to the
+        queue with their checkpoints at their next step. A later call waits for the
+        first; ``drain_s=0`` also cuts a stop under way short."""
+        if drain_s is not None and drain_s <= 0:
+            self.interrupt()
+        if self._stopping is None:
+            wait_s = self.drain_s if drain_s is None else drain_s
+            self._stopping = asyncio.create_task(self._close_workers(wait_s), name="backend-stop")
+        # Closing goes on if this caller is cancelled: jobs must reach the queue.
+        await asyncio.shield(self._stopping)
+
+    async def _close_workers(self, drain_s: float) -> None:
+        workers = list(self.workers)
+        try:
+            results = await asyncio.gather(
+                *(worker.close(drain_s=drain_s) for worker in workers), return_exceptions=True
+            )
+        finally:
+            self.service.device_delay_s = None
+            self.service.held_here = lambda _job_id: False
+            self.workers.clear()
+        for worker, result in zip(workers, results, strict=True):
+            if isinstance(result, BaseException):
+                # Its jobs stay running in SQLite; the next start reconciles them.
+                log.error("worker_close_failed", worker_id=worker.config.worker_id, exc_info=result)
 
 
 @contextlib.asynccontextmanager
 async def open_backend(settings: Settings, *, local_worker: bool = True) -> AsyncIterator[Backend]:
     """The backend with, in the embedded mode, a worker for this machine's device.
 
+    Two checks come before the database is opened. In Redis mode, Redis must answer
+    (BadInputError naming ``queue.redis_url`` otherwise; nothing is written). Then the
+    data directory's lock (:mod:`storage.lock`): with the memory queue this process
+    holds the directory alone, since another would take its running jobs for orphans,
+    so a second one is refused at once (BadInputError naming the holder and pointing at
+    Redis mode); with the Redis queue no process holds it alone and many share it (their
+    shared locks only keep a memory-queue process out). So start-up reconciles only
+    jobs whose process is gone.
+
     Torch is imported only when a local worker starts, so a front end without one
     stays light. The load watcher samples from the start; workers join its device
-    list as they start.
+    list as they start. On the way out the workers close with :attr:`Backend.drain_s`
+    for running jobs to finish; leaving by an interruption (cancelled, Ctrl-C, exit)
+    saves them at their next step instead.
     """
     catalog = ModelCatalog(settings)
-    async with Database.open(settings.database_path) as db, contextlib.AsyncExitStack() as stack:
-        images = ImageStore(settings.images_dir)
+    async with contextlib.AsyncExitStack() as stack:
         redis_client = await stack.enter_async_context(shared_redis(settings))
+        if redis_client is not None:
+            await check_reachable(redis_client, settings.queue)
+        _lock_data_dir(stack, settings)
+        db = await stack.enter_async_context(Database.open(settings.database_path))
+        images = ImageStore(settings.images_dir)
         queue = make_queue(settings)
         stack.push_async_callback(queue.close)
         events = make_event_bus(settings.queue)
@@ -75,15 +151,62 @@ async def open_backend(settings: Settings, *, local_worker: bool = True) -> Asyn
                 make_buckets(settings.queue, redis_client),
             ),
             restrictions=lambda: degrade.restrictions,
+            # Other processes' workers hold leases of a shared queue only.
+            shared_lease_s=(
+                settings.queue.lease_s if settings.queue.backend is QueueBackend.REDIS else None
+            ),
         )
         backend = Backend(settings, db, images, queue, catalog, events, service, degrade)
-        restored = await service.reconcile()
-        if restored:
-            log.warning("jobs_reconciled", count=restored)
-        await stack.enter_async_context(LoadWatcher(degrade, queue, db, backend.workers))
-        if local_worker:
-            await stack.enter_async_context(_local_worker(backend))
-        yield backend
+        try:
+            restored = await service.reconcile()
+            if restored:
+                log.warning("jobs_reconciled", count=restored)
+            await stack.enter_async_context(LoadWatcher(degrade, queue, db, backend.workers))
+            stack.push_async_callback(backend.stop)
+            if local_worker:
+                await _start_local_workers(backend)
+            yield backend
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            backend.interrupt()
+            raise
+
+
+async def check_reachable(client: Redis, queue: QueueSettings) -> None:
+    """Refuse to start when Redis does not answer a PING: BadInputError in one line
+    naming ``queue.redis_url``, its password masked."""
+    from redis.exceptions import RedisError
+
+    try:
+        async with asyncio.timeout(REDIS_PING_TIMEOUT_S):
+            await client.ping()
+    except (RedisError, OSError, TimeoutError) as exc:
+        reason = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
+        url = mask_url(queue.redis_url.get_secret_value())
+        raise BadInputError(
+            f"Redis does not answer at queue.redis_url={url} ({reason}); start it, or set "
+            "queue.redis_url (IMAGINE_QUEUE__REDIS_URL) to one that runs"
+        ) from exc
+
+
+def _lock_data_dir(stack: contextlib.AsyncExitStack, settings: Settings) -> None:
+    """Hold the data directory's lock until ``stack`` closes: alone with the memory
+    queue, shared with the Redis queue (see :func:`open_backend`)."""
+    shared = settings.queue.backend is QueueBackend.REDIS
+    try:
+        stack.enter_context(hold_data_dir(settings.data_dir, command=_command(), shared=shared))
+    except DataDirInUseError as exc:
+        raise BadInputError(exc.message) from exc
+
+
+def _command() -> str:
+    """How this process was started, for another one's refusal: the program and its
+    sub-command (``imagine generate``); a prompt or any other argument stays out."""
+    argv = sys.argv or [""]
+    program = Path(argv[0]).name or "python"
+    if program == "__main__.py":
+        program = f"python -m {Path(argv[0]).parent.name}"
+    command = next((arg for arg in argv[1:] if arg.isalpha()), None)
+    return f"{program} {command}" if command else program
 
 
 @contextlib.asynccontextmanager
@@ -116,17 +239,11 @@ async def load_degrade(
     return degrade
 
 
-@contextlib.asynccontextmanager
-async def _local_worker(backend: Backend) -> AsyncIterator[None]:
-    """One worker per device of this machine: every CUDA device, else the CPU."""
-    import socket
-
-    from backend.engine.factory import make_engine_factory
+async def _start_local_workers(backend: Backend) -> None:
+    """One worker per device of this machine (every CUDA device, else the CPU), each
+    in ``backend.workers`` once started; :meth:`Backend.stop` closes them."""
     from backend.engine.hardware import pick_devices
-    from backend.engine.registry import ModelRegistry
-    from backend.scheduling.preemption import Rules
     from backend.worker.ledger import make_ledger
-    from backend.worker.worker import DeviceWorker, WorkerConfig
 
     settings = backend.settings
     ledger = make_ledger(settings.queue, backend.db, backend.images)
@@ -135,40 +252,46 @@ async def _local_worker(backend: Backend) -> AsyncIterator[None]:
         import torch
 
         torch.set_num_threads(engine.torch_threads)
-    async with contextlib.AsyncExitStack() as stack:
-        for device in pick_devices(engine.device):
-            registry = ModelRegistry(settings, backend.catalog, device)
-            config = WorkerConfig(
-                worker_id=f"{socket.gethostname()}:{device}",
-                device_name=str(device),
-                lease_s=settings.queue.lease_s,
-                capacity_rows=engine.max_batch_rows,
-                variation_strength=engine.variation_strength,
-                upscale_strength=engine.upscale_strength,
-                max_source_pixels=engine.max_source_pixels,
-                allow=lambda: backend.degrade.restrictions.claim_filter,
-                preemption=Rules.from_settings(settings.scheduler),
-                on_step=backend.service.record_step,
-                on_start=backend.service.job_started,
-            )
-            worker = DeviceWorker(
-                config,
-                backend.queue,
-                make_engine_factory(registry, engine, str(device)),
-                backend.catalog,
-                ledger,
-                backend.events,
-            )
-            log.info("worker_starting", device=str(device), worker_id=config.worker_id)
-            await stack.enter_async_context(worker)
-            backend.workers.append(worker)
-        workers = list(backend.workers)
-        if workers:
-            backend.service.device_delay_s = lambda job: min(
-                worker.start_delay_s(job) for worker in workers
-            )
-        try:
-            yield
-        finally:
-            backend.service.device_delay_s = None
-            backend.workers.clear()
+    for device in pick_devices(engine.device):
+        worker = _device_worker(backend, ledger, device)
+        log.info("worker_starting", device=str(device), worker_id=worker.config.worker_id)
+        worker.start()
+        backend.workers.append(worker)
+    workers = list(backend.workers)
+    if workers:
+        backend.service.device_delay_s = lambda job: min(
+            worker.start_delay_s(job) for worker in workers
+        )
+        backend.service.held_here = lambda job_id: any(job_id in w.held_job_ids for w in workers)
+
+
+def _device_worker(backend: Backend, ledger: JobLedger, device: torch.device) -> DeviceWorker:
+    import socket
+
+    from backend.engine.factory import make_engine_factory
+    from backend.engine.registry import ModelRegistry
+    from backend.scheduling.preemption import Rules
+    from backend.worker.worker import DeviceWorker, WorkerConfig
+
+    settings, engine = backend.settings, backend.settings.engine
+    config = WorkerConfig(
+        worker_id=f"{socket.gethostname()}:{device}",
+        device_name=str(device),
+        lease_s=settings.queue.lease_s,
+        capacity_rows=engine.max_batch_rows,
+        variation_strength=engine.variation_strength,
+        upscale_strength=engine.upscale_strength,
+        max_source_pixels=engine.max_source_pixels,
+        allow=lambda: backend.degrade.restrictions.claim_filter,
+        preemption=Rules.from_settings(settings.scheduler),
+        on_step=backend.service.record_step,
+        on_start=backend.service.job_started,
+    )
+    return DeviceWorker(
+        config,
+        backend.queue,
+        make_engine_factory(ModelRegistry(settings, backend.catalog, device), engine, str(device)),
+        backend.catalog,
+        ledger,
+        backend.events,
+    )

@@ -107,3 +107,27 @@ class RefusedError(BackendError):
             # keeps float noise (6.000000000000001) from showing as 6.1.
             when = f"retry in {math.ceil(retry_after_s * 10 - 1e-6) / 10:.1f} s"
         super().__init__(f"{kind}: {limit}; {when}")
+
+
+class LeaseLostError(QueueError):
+    """A lease is no longer its holder's: another claim of the job superseded it, or
+    the queue has no job left for the call to act on. The holder stops its copy and
+    discards its result; whoever holds the job now keeps it. ``reason`` says which
+    (one of ``backend.queue.base.LostBecause``)."""
+
+    def __init__(self, job_id: str, worker_id: str, reason: str) -> None:
+        self.job_id = job_id
+        self.worker_id = worker_id
+        self.reason = reason
+        super().__init__(f"lease on job {job_id} is no longer held by {worker_id}: {reason}")
+
+
+class QueueUnavailableError(QueueError):
+    """The queue's store cannot be reached (connection refused or dropped, timeout);
+    the same call can succeed once it is back. ``namespace`` names the queue,
+    ``reason`` the failure as the client reported it."""
+
+    def __init__(self, namespace: str, reason: str) -> None:
+        self.namespace = namespace
+        self.reason = reason
+        super().__init__(f"queue {namespace!r}: Redis unreachable: {reason}")

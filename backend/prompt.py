@@ -19,10 +19,33 @@ from fractions import Fraction
 from backend.errors import PromptError
 from backend.models import SCHEDULER_NAMES, SEED_MAX, SIZE_MULTIPLE, JobSpec, Speed
 
-# Phones turn "--" into an em dash (and some keyboards into an en dash).
-_PREFIXES = ("--", "—", "–")
-_DASHES = frozenset("-—–")
-_FLAG = re.compile(r"(?:--|—|–)([A-Za-z][A-Za-z0-9_-]*)")
+# Phones turn "--" into an em dash (and some keyboards into an en dash); fullwidth
+# keyboards type "－－", and autocorrection or a paste gives "‐‐" or "−−". Two of
+# _HYPHENS or one of _LONG_DASHES start a flag; a token of dashes alone is punctuation.
+# Wave dashes and the katakana double hyphen are left out: they start Japanese text.
+_HYPHENS = "-\u2010\u2011\u2012\u2212\ufe63\uff0d"
+_LONG_DASHES = "\u2013\u2014\u2015\ufe58\u2e3a\u2e3b"
+_DASHES = frozenset(_HYPHENS + _LONG_DASHES)
+_PREFIX = re.compile(f"[{_HYPHENS}]{{2}}|[{_LONG_DASHES}]")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+# Fullwidth ASCII (U+FF01..U+FF5E) as ASCII: "－－ｓｅｅｄ　５" is "--seed 5".
+_NARROW = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)}
+# Format characters that carry no text: the soft hyphen, the zero-width space, the
+# word joiner and invisible operators, the byte-order mark, and the bidi marks,
+# embeddings and isolates. Dropped, so that none can hide a flag, pass for prompt text
+# or reach the model.
+_DROPPED = re.compile("[\u00ad\u061c\u180e\u200b\u200e\u200f\u202a-\u202c\u2060-\u206f\ufeff]")
+# Bidi overrides show characters in an order other than the one stored: a prompt that
+# reads one way and says another. Refused.
+_OVERRIDES = frozenset("\u202d\u202e")
+# What is left of Unicode's default-ignorable characters (joiners, variation selectors,
+# fillers, tags) and the blank braille pattern. They show nothing on their own, so a
+# token is read from its first visible character; a token of them alone is dropped.
+_LEADING_INVISIBLE = re.compile(
+    "^[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200c\u200d\u2800\u3164"
+    "\ufe00-\ufe0f\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    "\U000e0000-\U000e0fff]+"
+)
 # re's [0-9] is ASCII only, so "٣" is refused like "-1", "+3" and "1e3".
 _WHOLE = re.compile(r"[0-9]+")
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
@@ -97,7 +120,7 @@ def parse_prompt(
     recorded in the spec, so the same spec always reproduces the same images.
     """
     _check_raw(text, limits)
-    found = _collect(text.split(), limits)
+    found = _collect(_tokens(text), limits)
     prompt = _prompt_text(found.text, limits)
     aspect, (width, height) = _aspect(found.values.get("aspect"), limits)
     seed = _optional_whole(found.values.get("seed"), 0, SEED_MAX, limits)
@@ -172,6 +195,19 @@ def _check_raw(text: str, limits: PromptLimits) -> None:
     # be stored as UTF-8.
     if any(unicodedata.category(c) in ("Cc", "Cs") and not c.isspace() for c in text):
         raise PromptError(None, "contains control characters", "write printable text only")
+    if not _OVERRIDES.isdisjoint(text):
+        raise PromptError(
+            None,
+            "contains a bidi override (U+202D or U+202E)",
+            "write the text in the order it is read, without direction overrides",
+        )
+
+
+def _tokens(text: str) -> list[str]:
+    """The words of the message, each from its first visible character; words that
+    show nothing are left out."""
+    words = (_LEADING_INVISIBLE.sub("", word) for word in _DROPPED.sub("", text).split())
+    return [word for word in words if word]
 
 
 def _collect(tokens: list[str], limits: PromptLimits) -> _Found:
@@ -192,7 +228,9 @@ def _collect(tokens: list[str], limits: PromptLimits) -> _Found:
         end = _value_end(tokens, index, flag)
         if end == index:
             raise PromptError(flag, "missing value", _form(flag, limits))
-        found.values[name] = (flag, " ".join(tokens[index:end]))
+        value = " ".join(tokens[index:end])
+        # The negative prompt is text for the model; every other value is ASCII.
+        found.values[name] = (flag, value if flag == "--no" else value.translate(_NARROW))
         index = end
     return found
 
@@ -208,19 +246,20 @@ def _value_end(tokens: list[str], start: int, flag: str) -> int:
 
 def _flag_like(token: str) -> bool:
     """Starts like a flag; a token of dashes alone ("--", "—") is punctuation, not a flag."""
-    return token.startswith(_PREFIXES) and not set(token) <= _DASHES
+    return _PREFIX.match(token) is not None and not set(token) <= _DASHES
 
 
 def _flag_of(token: str) -> str | None:
     """The canonical ``--name`` of a flag token, or ``None`` for text."""
-    if not _flag_like(token):
+    prefix = _PREFIX.match(token)
+    if prefix is None or set(token) <= _DASHES:
         return None
-    match = _FLAG.fullmatch(token)
-    if match is None:
+    name = token[prefix.end() :].translate(_NARROW)
+    if _NAME.fullmatch(name) is None:
         raise PromptError(
             _clip(token), "malformed flag", "write a flag as --name, then its value after a space"
         )
-    return "--" + match.group(1).lower()
+    return "--" + name.lower()
 
 
 def _field_of(flag: str, values: dict[str, _Given]) -> str:
@@ -326,7 +365,8 @@ def _negative(given: _Given | None, limits: PromptLimits) -> str:
     if given is None:
         return ""
     flag, raw = given
-    value = ", ".join(part.strip() for part in raw.split(",") if part.strip())
+    parts = (_LEADING_INVISIBLE.sub("", part.strip()) for part in raw.split(","))
+    value = ", ".join(part for part in parts if part)
     if not value:
         raise PromptError(flag, "nothing to leave out", _form(flag, limits))
     if len(value) > limits.max_prompt_chars:

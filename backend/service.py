@@ -15,11 +15,11 @@ from backend.admission.limits import Admission
 from backend.catalog import ModelCatalog
 from backend.clock import monotonic_s, usage_month, wall_ms
 from backend.degrade.ladder import Level, Restrictions
-from backend.errors import BadInputError, JobFailedError
+from backend.errors import BackendError, BadInputError, JobFailedError
 from backend.events.base import EventBus, EventKind, JobEvent, Subscription
 from backend.models import SEED_MAX, Job, JobSpec, JobState, Lane
 from backend.queue.base import LANE_ORDER, JobQueue
-from backend.scheduling.eta import EtaModel, queued_ahead_s
+from backend.scheduling.eta import EtaModel, queued_ahead_s, stalled_slot
 from backend.scheduling.lanes import CostModel, LaneDecision, StepModel, classify, rows_for
 from config.settings import EngineSettings, SchedulerSettings, TierSettings
 from storage.db import Database
@@ -69,6 +69,8 @@ class GenerationService:
     Reads the scheduler settings (tiers, lanes, the cost model) and the engine
     settings (rows per device, follow-up strengths); models come from the catalog.
     ``restrictions`` gives the degradation level's restrictions at each submit.
+    ``shared_lease_s`` is the queue's lease when other processes' workers hold leases
+    too (Redis); None when only this process's workers can (the memory queue).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class GenerationService:
         cost: CostModel | None = None,
         admission: Admission | None = None,
         restrictions: Callable[[], Restrictions] = lambda: UNRESTRICTED,
+        shared_lease_s: float | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.engine = engine
@@ -97,6 +100,9 @@ class GenerationService:
         self.eta = EtaModel()
         # Seconds until a device could take a job (the local workers'), if known.
         self.device_delay_s: Callable[[Job], float] | None = None
+        # Whether one of this process's workers holds a job (they renew its lease).
+        self.held_here: Callable[[str], bool] = lambda _job_id: False
+        self.shared_lease_s = shared_lease_s
         self._estimated: dict[str, float] = {}
 
     async def submit(
@@ -201,10 +207,45 @@ class GenerationService:
         depth = await self.queue.depth(job.lane)
         ahead_s = queued_ahead_s(job.lane, position, costs, depth)
         blocked_s = self.device_delay_s(job) if self.device_delay_s is not None else 0.0
+        slot_wait_s, slot_work_s = await self._stalled_slot(job)
         estimate = self.eta.estimate(
-            job.lane, ahead_s, job.cost_s, monotonic_s(), blocked_s=blocked_s
+            job.lane,
+            ahead_s,
+            job.cost_s,
+            monotonic_s(),
+            blocked_s=blocked_s,
+            slot_wait_s=slot_wait_s,
+            slot_work_s=slot_work_s,
         )
         return QueueStatus(job.id, job.lane, position, estimate.start_in_s, estimate.finish_in_s)
+
+    async def _stalled_slot(self, job: Job) -> tuple[float, float]:
+        """How long the user's running slot stays taken by leases no worker of this
+        process holds (see :func:`backend.scheduling.eta.stalled_slot`).
+
+        Until workers report liveness, a lease held elsewhere counts as stalled: a
+        dead worker's lease blocks the slot for the whole lease, and nothing here tells
+        it apart from a live worker in another process.
+        """
+        if self.shared_lease_s is None or job.max_running <= 0:
+            return 0.0, 0.0
+        stalled = [
+            row
+            for row in await self.db.jobs.list_by_state(JobState.RUNNING)
+            if row.user_id == job.user_id and not self.held_here(row.id)
+        ]
+        if len(stalled) < job.max_running:
+            return 0.0, 0.0
+        return stalled_slot(
+            [self._stored_cost_s(row) for row in stalled], job.max_running, self.shared_lease_s
+        )
+
+    def _stored_cost_s(self, row: JobRow) -> float:
+        """A stored job's estimated cost; 0 when its spec no longer resolves."""
+        try:
+            return self._cost_s(self.catalog.resolve(JobSpec.from_json(row.spec_json)))
+        except (BackendError, ValueError, KeyError, TypeError):
+            return 0.0
 
     def job_started(self, job: Job, waited_s: float) -> None:
         """A job took its first step after ``waited_s``: teach the estimate its error."""
@@ -257,19 +298,43 @@ class GenerationService:
         return classify(cost_s, spec.speed, tier_name, tier, self.scheduler, fast_left_s=fast_left)
 
     async def reconcile(self) -> int:
-        """Re-enqueue the jobs SQLite holds as queued or running that the queue lost
-        (after a Redis flush, or any restart of the memory queue). Enqueue is
-        idempotent, so jobs the queue still has stay as they are. A re-enqueued job
-        resumes from the checkpoint SQLite kept for it, if any. Returns how many."""
+        """Bring the queue in line with SQLite at start-up; returns how many jobs were
+        queued.
+
+        Jobs SQLite holds as queued or running that the queue lost (after a Redis
+        flush, or any restart of the memory queue) are enqueued again; enqueue is
+        idempotent, so jobs the queue still has stay as they are, and a re-enqueued job
+        resumes from the checkpoint SQLite kept for it, if any. A job still
+        ``submitted`` was recorded but never queued (the process stopped in between):
+        it is queued now, as its submit meant to. A job that can no longer be rebuilt
+        (its spec unreadable, its model gone from the settings) fails with the reason,
+        so that it neither stops the start nor counts against its user's queue.
+        """
         restored = 0
-        for row in await self.db.jobs.list_by_state(JobState.QUEUED, JobState.RUNNING):
-            job = await self._job_of(row)
-            if await self.queue.enqueue(job):
+        states = (JobState.SUBMITTED, JobState.QUEUED, JobState.RUNNING)
+        for row in await self.db.jobs.list_by_state(*states):
+            if await self._reconcile_one(row):
                 restored += 1
-                if row.state == JobState.RUNNING:
-                    await self.db.jobs.mark_queued(row.id)
-                log.warning("job_reconciled", job_id=row.id, was=row.state)
         return restored
+
+    async def _reconcile_one(self, row: JobRow) -> bool:
+        """Queue one stored job the queue may have lost; whether it was queued."""
+        try:
+            job = await self._job_of(row)
+        except (BackendError, ValueError, KeyError, TypeError) as exc:
+            reason = f"could not be queued again: {exc}"
+            await self.db.jobs.mark_finished(row.id, JobState.FAILED, reason)
+            log.error("job_unrecoverable", job_id=row.id, was=row.state, error=str(exc))
+            return False
+        if row.state == JobState.SUBMITTED:
+            # As submit does: marked queued first, since a worker may claim it at once.
+            await self.db.jobs.mark_queued(row.id)
+        if not await self.queue.enqueue(job):
+            return False
+        if row.state == JobState.RUNNING:
+            await self.db.jobs.mark_queued(row.id)
+        log.warning("job_reconciled", job_id=row.id, was=row.state)
+        return True
 
     async def _job_of(self, row: JobRow) -> Job:
         """The queue's view of a stored job, with its tier and cost as of now."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backend.errors import BadInputError
-from cli.common import EXIT_OK, settings_for
+from cli.common import EXIT_OK, checked_user_id, settings_for
 
 if TYPE_CHECKING:
     from cli.common import Commands
@@ -95,6 +95,7 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
     SQLite, and in Redis for every host in Redis mode; an embedded service reads
     SQLite at its next start)."""
     settings = settings_for(args)
+    checked_user_id(args.actor, "--actor")
     from backend.app import load_degrade, shared_redis
     from backend.degrade.ladder import Level
     from storage.db import Database

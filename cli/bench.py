@@ -33,7 +33,7 @@ from cli.common import (
     read_settings,
     settings_for,
 )
-from config.settings import Settings
+from config.settings import Settings, redis_url_problem
 
 if TYPE_CHECKING:
     from cli.common import Commands
@@ -235,6 +235,9 @@ def _queue_arguments(parser: argparse.ArgumentParser) -> None:
 def _cmd_queue(args: argparse.Namespace) -> int:
     backends = list(BACKENDS) if args.backend == "all" else [args.backend]
     redis_url = args.redis_url or ""
+    problem = redis_url_problem(redis_url) if redis_url else None
+    if problem is not None:
+        raise BadInputError(f"--redis-url {problem}")
     namespace = QUEUE_NAMESPACE
     if "redis" in backends:
         # Settings only for Redis: a memory-only run works with any configuration.

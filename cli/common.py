@@ -5,17 +5,23 @@ to exit statuses."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
+from urllib.parse import urlsplit
 
 from backend.errors import BackendError, BadInputError
 from config.settings import Settings, SettingsError, load_settings
+from storage.errors import UnusableStorageError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 # 128 + SIGINT, what a shell reports for a command stopped with Ctrl-C.
 EXIT_INTERRUPTED = 130
+# The largest id a user or an actor may have: SQLite's INTEGER is a signed 64-bit
+# number (every Discord id so far is far below it).
+USER_ID_MAX = 2**63 - 1
 
 if TYPE_CHECKING:
     # What ``add_subparsers`` returns; argparse's class is generic only to type checkers.
@@ -38,20 +44,28 @@ def common_parser() -> argparse.ArgumentParser:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run the command ``args`` selected; bad input and bad settings exit 2 with one
-    line, a backend failure exits 1, Ctrl-C exits 130, never with a traceback."""
+    """Run the command ``args`` selected; bad input, bad settings and an unusable data
+    directory exit 2 with one line, a backend failure exits 1, Ctrl-C exits 130, never
+    with a traceback."""
     command: Command = args.func
     try:
         return command(args)
-    except (SettingsError, BadInputError) as exc:
-        print(f"imagine: error: {exc}", file=sys.stderr)
+    except (SettingsError, BadInputError, UnusableStorageError) as exc:
+        _say(f"imagine: error: {exc}")
         return EXIT_BAD_INPUT
     except BackendError as exc:
-        print(f"imagine: failed: {exc}", file=sys.stderr)
+        _say(f"imagine: failed: {exc}")
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("imagine: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _say(line: str) -> None:
+    """Print one line to stderr with every registered secret redacted."""
+    from config.logging import redact_text
+
+    print(redact_text(line), file=sys.stderr)
 
 
 def read_settings(args: argparse.Namespace) -> Settings:
@@ -62,14 +76,23 @@ def read_settings(args: argparse.Namespace) -> Settings:
 
 def settings_for(args: argparse.Namespace) -> Settings:
     """:func:`read_settings`, then logging configured from them and the Discord token
-    registered for redaction."""
+    and the Redis password registered for redaction."""
     from config.logging import configure_logging, register_secret
 
     settings = read_settings(args)
     if settings.discord.token is not None:
         register_secret(settings.discord.token.get_secret_value())
+    with contextlib.suppress(ValueError):  # a URL urllib cannot split has no password to find
+        register_secret(urlsplit(settings.queue.redis_url.get_secret_value()).password)
     configure_logging(settings.log.level, settings.log.format)
     return settings
+
+
+def checked_user_id(value: int, flag: str) -> int:
+    """``value`` if it can name a user (0 to :data:`USER_ID_MAX`); else BadInputError."""
+    if not 0 <= value <= USER_ID_MAX:
+        raise BadInputError(f"{flag} must be a whole number from 0 to {USER_ID_MAX}, not {value}")
+    return value
 
 
 def at_least(least: int) -> Callable[[str], int]:

@@ -3,7 +3,10 @@
 Secrets never reach the output: values under secret-looking keys, Discord bot tokens,
 interaction/webhook tokens inside URLs and any string registered with
 :func:`register_secret` are replaced before rendering, for structlog events and for
-plain ``logging`` records (discord.py, aiosqlite) alike.
+plain ``logging`` records (discord.py, aiosqlite) alike, in their tracebacks too.
+
+A status line drawn on the log stream (``imagine generate``'s progress bar) registers
+with :func:`set_status_line`, and is ended before each record is written.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -30,6 +33,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?<=://)[^/\s@]*:[^/\s@]*@"), REDACTED + "@"),
 )
 _registered: set[str] = set()
+_status_line_end: Callable[[], None] | None = None
 
 
 def register_secret(value: str | None) -> None:
@@ -68,6 +72,23 @@ def redact_processor(_logger: Any, _method: str, event_dict: EventDict) -> Event
     return event_dict
 
 
+def set_status_line(end: Callable[[], None] | None) -> None:
+    """Call ``end`` before writing each log record, so that a line being redrawn in place
+    (a progress bar) is finished first; ``None`` removes it."""
+    global _status_line_end
+    _status_line_end = end
+
+
+class _Handler(logging.StreamHandler[TextIO]):
+    """A stream handler that ends the status line, if any, before each record."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        end = _status_line_end
+        if end is not None:
+            end()
+        super().emit(record)
+
+
 def _stdlib_message(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
     # The formatter has already rendered the message with its arguments (so they are
     # redacted with it); name the stdlib logger it came from.
@@ -87,21 +108,26 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    # Tracebacks become text before redaction, in both formats: a secret in an
+    # exception's message (or a source line) is replaced like any other. Plain text,
+    # not rich's: it would show local variables and could wrap a token across lines.
     renderer: Processor = (
         structlog.processors.JSONRenderer()
         if json_output
-        else structlog.dev.ConsoleRenderer(colors=is_terminal(out))
+        else structlog.dev.ConsoleRenderer(
+            colors=is_terminal(out), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, _stdlib_message],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
             redact_processor,
-            *([structlog.processors.format_exc_info] if json_output else []),
             renderer,
         ],
     )
-    handler = logging.StreamHandler(out)
+    handler = _Handler(out)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -22,6 +22,8 @@ ENV_NESTED = "__"
 CONFIG_ENV = "IMAGINE_CONFIG"
 BUILTIN_TINY = "builtin:tiny"
 MASK = "**********"
+# What redis-py's ``from_url`` connects to: TCP, TLS, or a Unix socket.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class SettingsError(Exception):
@@ -76,6 +78,16 @@ class QueueSettings(_Section):
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     namespace: str = Field(default="imagine", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     lease_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_scheme(cls, url: SecretStr) -> SecretStr:
+        # Checked here, not at the first connection: a typo must stop start-up, before
+        # anything is written.
+        problem = redis_url_problem(url.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
+        return url
 
 
 class ModelFamily(StrEnum):
@@ -292,6 +304,15 @@ class Settings(BaseSettings):
     admission: AdmissionSettings = AdmissionSettings()
     degrade: DegradeSettings = DegradeSettings()
 
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir_given(cls, value: object) -> object:
+        # An empty string would become Path("."): the data written wherever the command
+        # happens to run. Unset the variable to get the default instead.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty; unset it to use the default data directory")
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -335,6 +356,17 @@ class Settings(BaseSettings):
         data["discord"]["token"] = MASK if self.discord.token is not None else None
         data["queue"]["redis_url"] = mask_url(self.queue.redis_url.get_secret_value())
         return data
+
+
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a Redis URL (its scheme), or None; the answer shows
+    the scheme only, never the URL and its password."""
+    scheme, separator, _rest = url.partition("://")
+    if separator and scheme.lower() in REDIS_SCHEMES:
+        return None
+    shown = f" (got {scheme}://)" if separator and len(scheme) <= 16 else ""
+    allowed = ", ".join(f"{name}://" for name in REDIS_SCHEMES)
+    return f"must start with one of {allowed}{shown}"
 
 
 def mask_url(url: str) -> str:
@@ -391,7 +423,9 @@ def _describe(exc: ValidationError) -> str:
     if error["type"] == "extra_forbidden":
         return f"unknown setting {key} (from the config file or {env})"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"invalid setting {key}={shown} ({env}): {error['msg']}{more}"
+    # pydantic prefixes the message of a validator's ValueError; the key already says where.
+    problem = error["msg"].removeprefix("Value error, ")
+    return f"invalid setting {key}={shown} ({env}): {problem}{more}"
 
 
 def _looks_secret(key: str) -> bool:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import aiosqlite
 import structlog
 
+from storage.errors import DatabaseFileError, DataDirError
 from storage.migrate import migrate as run_migrations
 from storage.repos.jobs import ImageRepo, JobRepo
 from storage.repos.moderation import AuditRepo, BannedWordRepo
@@ -67,17 +70,24 @@ class Database:
         migrations_dir: Path | None = None,
         now_ms: Callable[[], int] | None = None,
     ) -> AsyncIterator[Database]:
-        """Connect (creating the file and its directory), configure, migrate; close on exit."""
+        """Connect (creating the file and its directory), configure, migrate; close on exit.
+
+        Raises DataDirError when the directory cannot be created or written, and
+        DatabaseFileError when the file is not a usable SQLite database, before
+        anything is written.
+        """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: sqlite3 must not open transactions behind our back;
-        # transaction() and the migration runner issue BEGIN/COMMIT themselves.
-        connection = await aiosqlite.connect(path, isolation_level=None)
+        prepare_directory(path.parent)
+        _check_openable(path)
+        try:
+            # isolation_level=None: sqlite3 must not open transactions behind our back;
+            # transaction() and the migration runner issue BEGIN/COMMIT themselves.
+            connection = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise DatabaseFileError(path, str(exc)) from exc
         try:
             connection.row_factory = aiosqlite.Row
-            await _configure(connection, path)
-            if migrate:
-                await run_migrations(connection, migrations_dir)
+            await _set_up(connection, path, migrations_dir, migrate=migrate)
             yield cls(connection, path, now_ms if now_ms is not None else _wall_ms)
         finally:
             await connection.close()
@@ -107,6 +117,55 @@ class Database:
 
     async def _rollback(self) -> None:
         await self.connection.execute("ROLLBACK")
+
+
+def prepare_directory(directory: Path) -> None:
+    """Create ``directory`` if needed and prove a file can be created in it by creating
+    (and removing) one: permission bits do not bind root, and say nothing of a read-only
+    mount. Raises DataDirError otherwise."""
+    if _is_virtual(directory):
+        raise DataDirError(directory, "is inside /proc or /sys, which hold no files")
+    if directory.exists() and not directory.is_dir():
+        raise DataDirError(directory, "is a file, not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataDirError(directory, f"cannot be created ({exc.strerror or exc})") from exc
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".imagine-probe-", dir=directory)
+    except OSError as exc:
+        raise DataDirError(directory, f"is not writable ({exc.strerror or exc})") from exc
+    os.close(handle)
+    os.unlink(probe)
+
+
+def _check_openable(path: Path) -> None:
+    # A failed aiosqlite.connect leaves its thread reporting to a loop that may be gone
+    # by then (a second traceback after the error); refuse what sqlite3 cannot open first.
+    try:
+        handle = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DatabaseFileError(path, exc.strerror or str(exc)) from exc
+    os.close(handle)
+
+
+def _is_virtual(directory: Path) -> bool:
+    resolved = directory.resolve()
+    return any(resolved.is_relative_to(root) for root in (Path("/proc"), Path("/sys")))
+
+
+async def _set_up(
+    connection: aiosqlite.Connection, path: Path, migrations_dir: Path | None, *, migrate: bool
+) -> None:
+    """Configure and migrate; an SQLite error here means the file itself is unusable."""
+    try:
+        await _configure(connection, path)
+        if migrate:
+            await run_migrations(connection, migrations_dir)
+    except sqlite3.Error as exc:
+        raise DatabaseFileError(path, str(exc)) from exc
 
 
 async def _configure(connection: aiosqlite.Connection, path: Path) -> None:

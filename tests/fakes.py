@@ -1,4 +1,5 @@
-"""Hand-written fakes for our own Protocols, in one place: a clock and a step-timed engine.
+"""Hand-written fakes for our own Protocols, in one place: a clock, a step-timed engine,
+a ledger and a queue that fail when a test says so.
 
 Only our own contracts get fakes (house style); Redis, SQLite, diffusers and discord.py
 are always the real thing.
@@ -9,11 +10,17 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image
 
 from backend.engine.types import EngineEvent, EventSink, Outcome, Request
+from backend.errors import QueueUnavailableError
+from backend.models import Job, Lane
+from backend.queue.base import EVERYTHING, ClaimFilter, Head, JobQueue, Lease
+from backend.worker.ledger.base import Attempt, JobLedger, ResultImage
 
 STEP_S = 0.01
 """Seconds one denoising step of :class:`StepTimedEngine` takes by default."""
@@ -173,3 +180,169 @@ class StepTimedEngine:
             else:
                 events.append(EngineEvent(job.request.job_id, Outcome.PROGRESS, job.done, total))
         return events
+
+
+class FaultyLedger:
+    """A ``JobLedger`` that hands every call to a real one, except the calls a test breaks:
+    those raise the error it gave (for one job or any, a number of times or until mended)."""
+
+    def __init__(self, inner: JobLedger) -> None:
+        self.inner = inner
+        self._faults: dict[str, tuple[Exception, str | None, int | None]] = {}
+
+    def fail(
+        self, call: str, error: Exception, *, job_id: str | None = None, times: int | None = None
+    ) -> None:
+        """Make ``call`` (``"claimed"``, ``"succeeded"``...) raise ``error``: for ``job_id``
+        only if given, the next ``times`` calls if given, else until :meth:`mend`."""
+        self._faults[call] = (error, job_id, times)
+
+    def mend(self, call: str) -> None:
+        """Let ``call`` through again."""
+        self._faults.pop(call, None)
+
+    def _check(self, call: str, job_id: str) -> None:
+        fault = self._faults.get(call)
+        if fault is None or fault[1] not in (None, job_id):
+            return
+        error, only, times = fault
+        if times is not None:
+            if times <= 1:
+                self.mend(call)
+            else:
+                self._faults[call] = (error, only, times - 1)
+        raise error.with_traceback(None)
+
+    async def claimed(self, attempt: Attempt) -> bool:
+        """The real ledger's, unless broken."""
+        self._check("claimed", attempt.job_id)
+        return await self.inner.claimed(attempt)
+
+    async def checkpoint(self, job_id: str) -> bytes | None:
+        """The real ledger's, unless broken."""
+        self._check("checkpoint", job_id)
+        return await self.inner.checkpoint(job_id)
+
+    async def progress(self, attempt: Attempt, step: int, total: int) -> None:
+        """The real ledger's, unless broken."""
+        self._check("progress", attempt.job_id)
+        await self.inner.progress(attempt, step, total)
+
+    async def requeued(self, attempt: Attempt, checkpoint: bytes | None) -> None:
+        """The real ledger's, unless broken."""
+        self._check("requeued", attempt.job_id)
+        await self.inner.requeued(attempt, checkpoint)
+
+    async def succeeded(
+        self, job: Job, attempt: Attempt, images: Sequence[ResultImage], run_s: float
+    ) -> tuple[str, ...]:
+        """The real ledger's, unless broken."""
+        self._check("succeeded", attempt.job_id)
+        return await self.inner.succeeded(job, attempt, images, run_s)
+
+    async def failed(self, attempt: Attempt, reason: str) -> None:
+        """The real ledger's, unless broken."""
+        self._check("failed", attempt.job_id)
+        await self.inner.failed(attempt, reason)
+
+    async def cancelled(self, attempt: Attempt) -> None:
+        """The real ledger's, unless broken."""
+        self._check("cancelled", attempt.job_id)
+        await self.inner.cancelled(attempt)
+
+
+class FlakyQueue:
+    """A ``JobQueue`` that hands every call to a real one, except while a test has taken
+    the store down for some calls: those raise ``QueueUnavailableError`` (or the error
+    given) and change nothing. ``calls`` counts each call by name; ``acked`` and
+    ``requeued`` list the job of each ack and requeue the real queue accepted."""
+
+    def __init__(self, inner: JobQueue) -> None:
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+        self.acked: list[str] = []
+        self.requeued: list[str] = []
+        self._down: dict[str, Exception] = {}
+
+    def outage(self, *calls: str, error: Exception | None = None) -> None:
+        """Make ``calls`` (``"renew"``, ``"claim"``...) fail until :meth:`restore`."""
+        for call in calls:
+            self._down[call] = error or QueueUnavailableError("fake", "connection refused")
+
+    def restore(self) -> None:
+        """Every call goes through again."""
+        self._down.clear()
+
+    def _check(self, call: str) -> None:
+        self.calls[call] += 1
+        error = self._down.get(call)
+        if error is not None:
+            raise error.with_traceback(None)
+
+    async def enqueue(self, job: Job) -> bool:
+        """The real queue's, unless down."""
+        self._check("enqueue")
+        return await self.inner.enqueue(job)
+
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        lease_s: float,
+        wait_s: float = 0.0,
+        allow: ClaimFilter = EVERYTHING,
+    ) -> Lease | None:
+        """The real queue's, unless down."""
+        self._check("claim")
+        return await self.inner.claim(worker_id, lease_s=lease_s, wait_s=wait_s, allow=allow)
+
+    async def peek(self, allow: ClaimFilter = EVERYTHING) -> Head | None:
+        """The real queue's, unless down."""
+        self._check("peek")
+        return await self.inner.peek(allow)
+
+    async def renew(self, lease: Lease, *, lease_s: float) -> Lease:
+        """The real queue's, unless down."""
+        self._check("renew")
+        return await self.inner.renew(lease, lease_s=lease_s)
+
+    async def ack(self, lease: Lease) -> None:
+        """The real queue's, unless down."""
+        self._check("ack")
+        await self.inner.ack(lease)
+        self.acked.append(lease.job.id)
+
+    async def requeue(self, lease: Lease, *, checkpoint: bytes | None = None) -> None:
+        """The real queue's, unless down."""
+        self._check("requeue")
+        await self.inner.requeue(lease, checkpoint=checkpoint)
+        self.requeued.append(lease.job.id)
+
+    async def cancel(self, job_id: str) -> bool:
+        """The real queue's, unless down."""
+        self._check("cancel")
+        return await self.inner.cancel(job_id)
+
+    async def is_cancelled(self, job_id: str) -> bool:
+        """The real queue's, unless down."""
+        self._check("is_cancelled")
+        return await self.inner.is_cancelled(job_id)
+
+    async def depth(self, lane: Lane | None = None) -> int:
+        """The real queue's, unless down."""
+        self._check("depth")
+        return await self.inner.depth(lane)
+
+    async def position(self, job_id: str) -> int | None:
+        """The real queue's, unless down."""
+        self._check("position")
+        return await self.inner.position(job_id)
+
+    async def queued_cost_s(self, lane: Lane | None = None) -> float:
+        """The real queue's, unless down."""
+        self._check("queued_cost_s")
+        return await self.inner.queued_cost_s(lane)
+
+    async def close(self) -> None:
+        """The real queue's."""
+        await self.inner.close()

@@ -27,6 +27,11 @@ class LevelStore(Protocol):
         """Write ``record`` only if no record exists; the record stored afterwards."""
         ...
 
+    async def undo_override(self, written: OverrideRecord, previous: OverrideRecord | None) -> bool:
+        """Put ``previous`` back (None: no record) if the store still holds ``written``;
+        whether it did. Undoes a write without overwriting a later one."""
+        ...
+
     async def publish(self, host_id: str, load: HostLoad, ttl_s: float) -> None:
         """Share ``host_id``'s load until ``ttl_s`` from now (replacing its last one)."""
         ...

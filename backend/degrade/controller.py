@@ -3,6 +3,7 @@ of the other hosts, combined into the level in force."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -160,18 +161,46 @@ class DegradeController:
         return transition
 
     async def set_override(self, level: Level, actor_id: int) -> Transition | None:
-        """Pin the level everywhere (persisted first, so a failed write changes nothing
-        here; the store is written last, so other processes see only what was persisted)."""
+        """Pin the level everywhere; if any write fails, nothing is applied anywhere
+        (see :meth:`_record`) and the error propagates."""
         override = Override(level, actor_id, self._db.now_ms())
-        await self._db.state.set(OVERRIDE_KEY, override.to_dict())
-        await self._store.write_override(override)
+        await self._record(override)
         return self._pin(override, "degrade_override_set")
 
     async def clear_override(self, actor_id: int) -> Transition | None:
-        """Back to automatic control everywhere, from the level the load calls for."""
-        await self._db.state.delete(OVERRIDE_KEY)
-        await self._store.write_override(Cleared(actor_id, self._db.now_ms()))
+        """Back to automatic control everywhere, from the level the load calls for; if
+        any write fails, nothing is applied anywhere and the error propagates."""
+        await self._record(Cleared(actor_id, self._db.now_ms()))
         return self._unpin(actor_id, "degrade_override_cleared")
+
+    async def _record(self, record: OverrideRecord) -> None:
+        """Write ``record`` to the store, then to the database; all or nothing.
+
+        The store goes first: an unreachable store stops the change before anything is
+        written (a database copy the store lacks would be seeded to every host at the
+        next start). If the store write or the database write fails, or the caller is
+        cancelled in between, the store's record is put back unless another process
+        replaced it meanwhile; a write that failed may still have landed, so that undo
+        runs for a failed store write too.
+        """
+        previous = await self._store.read_override()
+        try:
+            await self._store.write_override(record)
+            await self._keep_locally(record)
+        except BaseException:
+            await asyncio.shield(self._undo(record, previous))
+            raise
+
+    async def _undo(self, record: OverrideRecord, previous: OverrideRecord | None) -> None:
+        try:
+            undone = await self._store.undo_override(record, previous)
+        except BackendError as exc:
+            # The store holds the new record or the old one; the next pull of any
+            # host adopts whichever it is, and the admin saw the failure.
+            log.error("degrade_override_undo_failed", error=str(exc))
+            return
+        if undone:
+            log.warning("degrade_override_undone", record=record.to_dict())
 
     async def pull(self) -> dict[str, HostLoad]:
         """Catch up with the store: adopt an override set or cleared by another process,

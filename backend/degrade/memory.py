@@ -31,6 +31,13 @@ class MemoryLevelStore:
             self._override = record
         return self._override
 
+    async def undo_override(self, written: OverrideRecord, previous: OverrideRecord | None) -> bool:
+        """Put ``previous`` back if ``written`` is still the record; whether it was."""
+        if self._override != written:
+            return False
+        self._override = previous
+        return True
+
     async def publish(self, host_id: str, load: HostLoad, ttl_s: float) -> None:
         """Keep ``host_id``'s load until ``ttl_s`` from now, dropping expired entries."""
         now_ms = self._now_ms()

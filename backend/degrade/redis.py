@@ -54,6 +54,21 @@ return found
 """
 
 
+# KEYS: override. ARGV: the written record's JSON, the previous one's ('' for none).
+# Compare and restore in one script, so a record written meanwhile is never replaced.
+UNDO_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+if ARGV[2] == '' then
+    redis.call('DEL', KEYS[1])
+else
+    redis.call('SET', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+
 class RedisLevelStore:
     """The store every process on one Redis shares; see the module for its keys."""
 
@@ -65,6 +80,7 @@ class RedisLevelStore:
         self._now_ms = now_ms
         self._publish = client.register_script(PUBLISH_SCRIPT)
         self._hosts = client.register_script(HOSTS_SCRIPT)
+        self._undo = client.register_script(UNDO_SCRIPT)
 
     def key(self, name: str) -> str:
         """The full Redis key of ``override``, ``hosts`` or ``expiry``."""
@@ -86,6 +102,12 @@ class RedisLevelStore:
         stored = self._parse_override(await self._command(self._client.get(key)))
         # Gone again between the two calls (flushed): what we meant to seed stands.
         return stored if stored is not None else record
+
+    async def undo_override(self, written: OverrideRecord, previous: OverrideRecord | None) -> bool:
+        """Put ``previous`` back if the shared record is still ``written``; whether it was."""
+        args = [_dumps(written.to_dict()), _dumps(previous.to_dict()) if previous else ""]
+        reply = await self._command(self._undo(keys=[self.key("override")], args=args))
+        return bool(reply)
 
     async def publish(self, host_id: str, load: HostLoad, ttl_s: float) -> None:
         """Share ``host_id``'s load until ``ttl_s`` from now, pruning expired entries."""

@@ -10,6 +10,7 @@ never blocks, and reports :class:`EngineEvent` values through a callback.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import queue
 import threading
 import time
@@ -25,7 +26,7 @@ from backend.engine.preview import PreviewMaker
 from backend.engine.runtime import ModelRuntime
 from backend.engine.sampler import ActiveJob, denoise_step
 from backend.engine.types import EngineEvent, Outcome, Request
-from backend.errors import BackendError, CheckpointError, JobError
+from backend.errors import BackendError, JobError
 
 log = structlog.get_logger(__name__)
 
@@ -51,18 +52,74 @@ class _Waiting:
     request: Request
     checkpoint: bytes | None = None
     active: ActiveJob | None = None  # prepared earlier (split off after out-of-memory)
+    quarantined: str | None = None  # why its checkpoint was dropped, once it was
+
+
+@dataclass(slots=True)
+class _Probe:
+    """How a key's lowered row cap is probed back up."""
+
+    interval_steps: int  # full steps to run at the cap before raising it
+    full_steps: int = 0  # full steps run at the current cap
+    proved: int | None = None  # the cap before the last raise, proved by full steps
 
 
 @dataclass(slots=True)
 class BatchLimits:
-    """Rows (UNet batch entries, two per guided sample) a step may carry."""
+    """Rows (UNet batch entries, two per guided sample) a step may carry.
+
+    Running out of memory lowers the cap of that key; after ``probe_after_steps``
+    steps that filled the lowered cap, it is raised by one job's rows, and again,
+    up to ``max_rows``. A raise that runs out of memory falls back to the cap it
+    was raised from, and the next probe waits twice as long.
+    """
 
     max_rows: int = 16
+    probe_after_steps: int = 25
     rows_by_key: dict[BatchKey, int] = field(default_factory=dict)
+    _probes: dict[BatchKey, _Probe] = field(default_factory=dict)
 
     def rows_for(self, key: BatchKey) -> int:
         """The row cap for ``key``: lowered after running out of memory, else the max."""
         return self.rows_by_key.get(key, self.max_rows)
+
+    def lowered(self, key: BatchKey, failed_rows: int, kept_rows: int) -> int:
+        """Record that ``failed_rows`` ran out of memory; returns the key's new cap."""
+        probe = self._probes.get(key)
+        if probe is None:
+            probe = self._probes[key] = _Probe(self.probe_after_steps)
+        else:
+            probe.interval_steps = min(2 * probe.interval_steps, 64 * self.probe_after_steps)
+        cap = kept_rows
+        if probe.proved is not None and probe.proved < failed_rows:
+            cap = max(cap, probe.proved)
+        else:
+            probe.proved = None
+        probe.full_steps = 0
+        self.rows_by_key[key] = cap = max(1, cap)
+        return cap
+
+    def stepped(self, key: BatchKey, rows: int, job_rows: int) -> int | None:
+        """Count a step of ``rows`` that ran; returns the raised cap when it probes up.
+
+        A step counts when it filled the lowered cap (no room for another job of
+        ``job_rows``); a probe raises the cap by ``job_rows``.
+        """
+        cap = self.rows_by_key.get(key)
+        if cap is None or rows + job_rows <= cap:
+            return None
+        probe = self._probes[key]
+        probe.full_steps += 1
+        if probe.full_steps < probe.interval_steps:
+            return None
+        probe.full_steps = 0
+        probe.proved = cap
+        raised = min(cap + job_rows, self.max_rows)
+        if raised >= self.max_rows:
+            del self.rows_by_key[key]
+        else:
+            self.rows_by_key[key] = raised
+        return raised
 
 
 class BatchCore:
@@ -141,6 +198,7 @@ class BatchCore:
         self.last_step_s = elapsed
         self.step_s = elapsed if self.step_s is None else 0.8 * self.step_s + 0.2 * elapsed
         self.steps_run += 1
+        self._probe_rows()
         for job_id, exc in failures.items():
             events.append(EngineEvent(job_id, Outcome.FAILED, error=str(exc)))
         self.running = [job for job in self.running if job.job_id not in failures]
@@ -155,10 +213,7 @@ class BatchCore:
             if job.job_id in self._cancel:
                 events.append(EngineEvent(job.job_id, Outcome.CANCELLED, *job.progress))
             elif job.job_id in self._evict:
-                blob = checkpoints.dumps(job.state())
-                events.append(
-                    EngineEvent(job.job_id, Outcome.EVICTED, *job.progress, checkpoint=blob)
-                )
+                events.append(self._evicted(job))
             else:
                 kept_running.append(job)
         kept_waiting = []
@@ -167,10 +222,11 @@ class BatchCore:
             if job_id in self._cancel:
                 events.append(EngineEvent(job_id, Outcome.CANCELLED))
             elif job_id in self._evict:
-                saved = entry.checkpoint
-                if entry.active is not None and entry.active.latents is not None:
-                    saved = checkpoints.dumps(entry.active.state())
-                events.append(EngineEvent(job_id, Outcome.EVICTED, checkpoint=saved))
+                active = entry.active
+                if active is not None and active.latents is not None:
+                    events.append(self._evicted(active))
+                else:
+                    events.append(EngineEvent(job_id, Outcome.EVICTED, checkpoint=entry.checkpoint))
             else:
                 kept_waiting.append(entry)
         self.running, self.waiting = kept_running, kept_waiting
@@ -178,16 +234,25 @@ class BatchCore:
         self._cancel.clear()
         return events
 
+    @staticmethod
+    def _evicted(job: ActiveJob) -> EngineEvent:
+        """EVICTED with the job's checkpoint, or FAILED (this job alone) if it cannot be saved."""
+        try:
+            blob = checkpoints.dumps(job.state())
+        except Exception as exc:  # any failure to save is this job's alone
+            log.exception("checkpoint_save_failed", job_id=job.job_id)
+            reason = f"checkpoint could not be saved: {type(exc).__name__}: {exc}"
+            return EngineEvent(job.job_id, Outcome.FAILED, *job.progress, error=reason)
+        return EngineEvent(job.job_id, Outcome.EVICTED, *job.progress, checkpoint=blob)
+
     def _admit(self) -> list[EngineEvent]:
         events: list[EngineEvent] = []
         key = self.key
         rows = self.running_rows
         remaining = []
         for entry in self.waiting:
-            try:
-                job = entry.active or self._activate(entry)
-            except (JobError, BackendError, ValueError, OSError) as exc:
-                events.append(EngineEvent(entry.request.job_id, Outcome.FAILED, error=str(exc)))
+            job = entry.active or self._activate(entry, events)
+            if job is None:
                 continue
             entry.active = job
             if key is None:
@@ -198,24 +263,55 @@ class BatchCore:
             if BatchKey.of(job) == key and fits:
                 self.running.append(job)
                 rows += job.rows
-                events.append(EngineEvent(job.job_id, Outcome.STARTED, *job.progress))
+                events.append(
+                    EngineEvent(
+                        job.job_id, Outcome.STARTED, *job.progress, quarantined=entry.quarantined
+                    )
+                )
             else:
                 remaining.append(entry)
         self.waiting = remaining
         return events
 
-    def _activate(self, entry: _Waiting) -> ActiveJob:
+    def _activate(self, entry: _Waiting, events: list[EngineEvent]) -> ActiveJob | None:
+        """The entry's job, restored or prepared; None (and a FAILED event) if it cannot
+        be set up. Whatever goes wrong stays with this job: the device goes on."""
         request = entry.request
-        assert request.spec.model is not None
-        job = ActiveJob(request, self._runtimes(request.spec.model))
-        if entry.checkpoint is not None:
-            try:
-                saved = checkpoints.loads(entry.checkpoint, job.runtime.device)
-            except CheckpointError as exc:
-                raise CheckpointError(exc.problem, request.job_id) from exc
-            job.restore(saved)
-        else:
-            job.prepare()
+        try:
+            assert request.spec.model is not None
+            runtime = self._runtimes(request.spec.model)
+            job = self._restored(entry, runtime) if entry.checkpoint is not None else None
+            if job is None:
+                job = ActiveJob(request, runtime)
+                job.prepare()
+        except Exception as exc:  # one job's setup must never stall the device
+            if not isinstance(exc, JobError | BackendError | ValueError | OSError):
+                log.exception("job_setup_failed", job_id=request.job_id)
+            events.append(EngineEvent(request.job_id, Outcome.FAILED, error=str(exc)))
+            return None
+        return job
+
+    @staticmethod
+    def _restored(entry: _Waiting, runtime: ModelRuntime) -> ActiveJob | None:
+        """The job resumed from its checkpoint; None after quarantining an unusable one
+        (the job then starts over from its first step)."""
+        blob = entry.checkpoint
+        assert blob is not None
+        job = ActiveJob(entry.request, runtime)
+        try:
+            job.restore(checkpoints.loads(blob, runtime.device))
+        except Exception as exc:  # any checkpoint that cannot be loaded is set aside
+            reason = exc.problem if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "checkpoint_quarantined",
+                job_id=entry.request.job_id,
+                reason=reason,
+                checkpoint_bytes=len(blob),
+                sha256=hashlib.sha256(blob).hexdigest(),
+            )
+            entry.checkpoint = None
+            entry.quarantined = reason
+            return None
         return job
 
     def _cap(self, runtime: ModelRuntime, key: BatchKey) -> int:
@@ -235,13 +331,22 @@ class BatchCore:
             reason = "out of device memory even alone"
             return [EngineEvent(job.job_id, Outcome.FAILED, error=reason)]
         key = BatchKey.of(self.running[0])
+        failed_rows = self.running_rows
         half = len(self.running) // 2
         kept, moved = self.running[:half], self.running[half:]
-        self.limits.rows_by_key[key] = max(1, sum(job.rows for job in kept))
+        cap = self.limits.lowered(key, failed_rows, sum(job.rows for job in kept))
         self.running = kept
         self.waiting[:0] = [_Waiting(job.request, None, job) for job in moved]
-        log.warning("batch_split_oom", key=str(key), rows=self.limits.rows_by_key[key])
+        log.warning("batch_split_oom", key=str(key), failed_rows=failed_rows, rows=cap)
         return []
+
+    def _probe_rows(self) -> None:
+        """After a step that ran, let a cap lowered by out-of-memory probe back up."""
+        key = BatchKey.of(self.running[0])
+        job_rows = max(job.rows for job in self.running)
+        raised = self.limits.stepped(key, self.running_rows, job_rows)
+        if raised is not None:
+            log.info("batch_cap_probe", key=str(key), rows=raised)
 
     def _progress_and_retire(self) -> list[EngineEvent]:
         events: list[EngineEvent] = []

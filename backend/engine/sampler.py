@@ -20,7 +20,7 @@ from backend.engine.schedulers import make_scheduler
 from backend.engine.source import check_source_image
 from backend.engine.state import DenoiseState, restore_scheduler, scheduler_state
 from backend.engine.types import Request
-from backend.errors import JobError
+from backend.errors import CheckpointError, JobError
 from backend.models import SEED_MAX, JobSpec
 
 
@@ -127,21 +127,37 @@ class ActiveJob:
         )
 
     def restore(self, state: DenoiseState) -> None:
-        """Continue from a saved state instead of :meth:`prepare`."""
+        """Continue from a saved state instead of :meth:`prepare`.
+
+        Raises :class:`CheckpointError` when the state cannot belong to this job (other
+        sample count, latent shape or schedule), so it never reaches a shared step.
+        """
+        job_id = self.request.job_id
         if len(state.generator_states) != self.n:
-            raise JobError(
-                f"checkpoint has {len(state.generator_states)} samples, job has {self.n}",
-                self.request.job_id,
+            raise CheckpointError(
+                f"checkpoint has {len(state.generator_states)} samples, job has {self.n}", job_id
             )
+        shape = (self.n, *self.key[1:])
+        if tuple(state.latents.shape) != shape:
+            raise CheckpointError(
+                f"checkpoint latents {tuple(state.latents.shape)}, job needs {shape}", job_id
+            )
+        fresh = self.timesteps
         restore_scheduler(self.scheduler, state.scheduler_state)
         self.timesteps = self.scheduler.timesteps
+        if not _same_schedule(fresh, self.timesteps):
+            raise CheckpointError("checkpoint schedule differs from the job's", job_id)
         for generator, saved in zip(self.generators, state.generator_states, strict=True):
             generator.set_state(saved)
         self.latents = state.latents.to(self.runtime.device, self.runtime.dtype)
-        self.step = state.step
         if self.request.strength is not None:
             kept = min(int(self.request.steps * self.request.strength), self.request.steps)
             self.start = max(self.request.steps - kept, 0) * self.scheduler.order
+        if not self.start <= state.step < self.total:
+            raise CheckpointError(
+                f"checkpoint step {state.step} is outside {self.start}..{self.total - 1}", job_id
+            )
+        self.step = state.step
 
     def unet_input(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This job's UNet rows and their timestep, as the stock pipeline builds them."""
@@ -165,6 +181,12 @@ class ActiveJob:
             raise JobError(
                 f"non-finite latents (NaN or inf) after step {self.step}", self.request.job_id
             )
+
+
+def _same_schedule(fresh: torch.Tensor, restored: Any) -> bool:
+    if not isinstance(restored, torch.Tensor) or restored.shape != fresh.shape:
+        return False
+    return bool(torch.equal(fresh.cpu(), restored.cpu().to(fresh.dtype)))
 
 
 def _step_kwargs(scheduler: Any, generators: list[torch.Generator]) -> dict[str, Any]:

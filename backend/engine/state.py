@@ -71,7 +71,7 @@ def _storable(value: Any) -> bool:
 
 
 def dumps(state: DenoiseState) -> bytes:
-    """Serialize a state to bytes (tensors moved to the CPU, contiguous)."""
+    """Serialize a state to bytes (each tensor copied to the CPU, contiguous)."""
     tensors: dict[str, torch.Tensor] = {"latents": _cpu(state.latents)}
     plain: dict[str, Any] = {}
     for key, value in state.scheduler_state.items():
@@ -89,27 +89,48 @@ def dumps(state: DenoiseState) -> bytes:
 
 
 def loads(blob: bytes, device: torch.device | str = "cpu") -> DenoiseState:
-    """Load a state written by :func:`dumps`; tensors land on ``device``."""
+    """Load a state written by :func:`dumps`; tensors land on ``device``.
+
+    Raises :class:`CheckpointError` for anything that is not such a state: garbage,
+    a truncated blob, a document with missing or mistyped fields.
+    """
     try:
         tensors = st_load(blob)
         meta = json.loads(bytes(tensors.pop(_META).tolist()).decode())
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"unreadable checkpoint: {exc}") from exc
-    if meta.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint format {meta.get('format')!r} is not supported")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise CheckpointError(f"checkpoint format {found!r} is not supported")
+    try:
+        return _state_of(meta, tensors, device)
+    except Exception as exc:  # a missing key, a value of the wrong type
+        raise CheckpointError(f"malformed checkpoint: {type(exc).__name__}: {exc}") from exc
+
+
+def _state_of(meta: dict[str, Any], tensors: dict[str, torch.Tensor], device: Any) -> DenoiseState:
     schedule = {
         key: _decode_value(value, tensors, device) for key, value in meta["scheduler"].items()
     }
+    generators = [tensors[f"g.{index}"] for index in range(int(meta["generators"]))]
+    if any(state.dtype != torch.uint8 or state.dim() != 1 for state in generators):
+        raise ValueError("generator states must be 1-d uint8 tensors")
+    latents = tensors["latents"]
+    if not latents.is_floating_point():
+        raise ValueError(f"latents must be floating point, not {latents.dtype}")
     return DenoiseState(
-        latents=tensors["latents"].to(device),
+        latents=latents.to(device),
         step=int(meta["step"]),
         scheduler_state=schedule,
-        generator_states=[tensors[f"g.{index}"] for index in range(int(meta["generators"]))],
+        generator_states=generators,
     )
 
 
 def _cpu(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().to("cpu").contiguous()
+    # Always a copy of its own: schedulers keep views of one storage under several
+    # names (UniPC's ``timestep_list`` holds elements of ``timesteps``), and
+    # safetensors refuses tensors that share memory.
+    return tensor.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
 
 
 def _encode_value(name: str, value: Any, tensors: dict[str, torch.Tensor]) -> Any:

@@ -59,7 +59,9 @@ class EngineEvent:
 
     ``images`` for FINISHED (one per sample), ``checkpoint`` for EVICTED (None if the
     job never started), ``error`` for FAILED, ``preview`` (encoded image bytes) on
-    some PROGRESS events.
+    some PROGRESS events. ``quarantined`` on STARTED says why the checkpoint the job
+    was submitted with could not be loaded: the engine dropped it and the job started
+    over from its first step, so a stored copy of it can be discarded too.
     """
 
     job_id: str
@@ -71,6 +73,7 @@ class EngineEvent:
     checkpoint: bytes | None = None
     error: str | None = None
     preview: bytes | None = None
+    quarantined: str | None = None
 
 
 EventSink = Callable[[EngineEvent], None]

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 from backend.models import Job, Lane
 from backend.scheduling.fairness import EVERYTHING, LANE_ORDER, ClaimFilter
 
-__all__ = ["EVERYTHING", "LANE_ORDER", "ClaimFilter", "Head", "JobQueue", "Lease"]
+__all__ = ["EVERYTHING", "LANE_ORDER", "ClaimFilter", "Head", "JobQueue", "Lease", "LostBecause"]
 
 
 @dataclass(frozen=True, slots=True)
 class Lease:
     """A worker's claim on a job, valid until ``expires_at_ms`` unless renewed.
 
-    ``token`` identifies this claim: a renew, ack or requeue with a stale token (the
-    lease expired and someone else claimed the job) is refused. ``checkpoint`` is the
-    saved state of a job that was requeued part-way, to resume from.
+    ``token`` identifies this claim. It stays good for an ack or a requeue after the
+    lease expired, until another claim of the job supersedes it: only then is the
+    holder's result stale. ``expires_at_ms`` is on the backend's clock (the Redis
+    server's for the Redis queue), not the caller's. ``checkpoint`` is the saved state
+    of a job that was requeued part-way, to resume from.
     """
 
     job: Job
@@ -26,6 +29,14 @@ class Lease:
     attempt: int
     expires_at_ms: int
     checkpoint: bytes | None = None
+
+
+class LostBecause(StrEnum):
+    """Why a lease can no longer act on its job (``LeaseLostError.reason``)."""
+
+    SUPERSEDED = "another claim of the job superseded it"
+    RECLAIMED = "its expired lease was reclaimed and the job queued again"
+    UNKNOWN = "the queue no longer has the job"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +49,14 @@ class Head:
 
 @runtime_checkable
 class JobQueue(Protocol):
-    """Queued and leased jobs. Implementations are safe to share between tasks."""
+    """Queued and leased jobs. Implementations are safe to share between tasks.
+
+    A job is handed to one holder at a time: a claim supersedes every earlier lease of
+    the job, and only a superseded lease is stale. Every method raises
+    ``QueueUnavailableError`` when the backend's store cannot be reached, and the
+    lease methods raise ``LeaseLostError`` (with a :class:`LostBecause`) when the
+    lease can no longer act on its job; both are ``QueueError``.
+    """
 
     async def enqueue(self, job: Job) -> bool:
         """Queue ``job``; False (and no change) if a job with its id is already known."""
@@ -61,15 +79,22 @@ class JobQueue(Protocol):
         ...
 
     async def renew(self, lease: Lease, *, lease_s: float) -> Lease:
-        """Extend a lease; raises QueueError if it was lost."""
+        """Extend a lease to ``lease_s`` from now, also one that expired while nobody
+        reclaimed it; LeaseLostError once it was reclaimed or superseded."""
         ...
 
     async def ack(self, lease: Lease) -> None:
-        """The job is finished (succeeded or failed for good): forget it."""
+        """The job is finished (succeeded or failed for good): forget it, so it never
+        runs again. Accepted after the lease expired too, until another claim
+        supersedes it (then LeaseLostError: discard the result). A repeated ack, or one
+        for a job the queue no longer has, changes nothing."""
         ...
 
     async def requeue(self, lease: Lease, *, checkpoint: bytes | None = None) -> None:
-        """Give the job back to the queue, optionally with a checkpoint to resume from."""
+        """Give the job back to the queue with ``checkpoint`` to resume from; a
+        cancelled job is dropped instead. Accepted after the lease expired too; a job
+        already reclaimed keeps its place and takes the checkpoint. LeaseLostError once
+        superseded, or for a job the queue no longer has."""
         ...
 
     async def cancel(self, job_id: str) -> bool:

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from backend.clock import wall_ms
-from backend.errors import QueueError
+from backend.errors import LeaseLostError
 from backend.models import Job, Lane
-from backend.queue.base import Head, Lease
+from backend.queue.base import Head, Lease, LostBecause
 from backend.scheduling.fairness import EVERYTHING, AgingPolicy, ClaimFilter, FairQueue, Ticket
 from config.settings import SchedulerSettings
 
@@ -25,7 +25,10 @@ class _Entry:
     ticket: Ticket
     attempt: int = 0
     checkpoint: bytes | None = None
-    lease: Lease | None = None
+    lease: Lease | None = None  # the live lease; None while queued
+    # The token of the latest claim: its lease may still ack or requeue after it
+    # expired, even once reclaimed, until the next claim replaces it.
+    token: str | None = None
     cancelled: bool = False
     order: int = 0  # enqueue order: expired leases come back in it
 
@@ -44,7 +47,8 @@ def ticket_for(job: Job) -> Ticket:
 
 
 class MemoryQueue:
-    """Fair order from :class:`FairQueue`; leases expire and are reclaimed."""
+    """Fair order from :class:`FairQueue`; leases expire and are reclaimed lazily, by
+    the next claim or peek (a heap of expiries finds them)."""
 
     def __init__(
         self, *, aging: AgingPolicy = DEFAULT_AGING, now_ms: Callable[[], int] = wall_ms
@@ -96,10 +100,11 @@ class MemoryQueue:
             return None
         entry = self._entries[ticket.job_id]
         entry.attempt += 1
+        entry.token = secrets.token_hex(8)
         entry.lease = Lease(
             job=entry.job,
             worker_id=worker_id,
-            token=secrets.token_hex(8),
+            token=entry.token,
             attempt=entry.attempt,
             expires_at_ms=self._now_ms() + int(lease_s * 1000),
             checkpoint=entry.checkpoint,
@@ -136,31 +141,49 @@ class MemoryQueue:
                 else:
                     self._fair.restore(entry.ticket)
 
-    def _held(self, lease: Lease) -> _Entry:
+    def _holder(self, lease: Lease) -> _Entry | None:
+        """The job's entry if ``lease`` may still act on it; None if the queue no
+        longer has the job; LeaseLostError if a later claim (or enqueue) superseded it."""
         entry = self._entries.get(lease.job.id)
-        if entry is None or entry.lease is None or entry.lease.token != lease.token:
-            raise QueueError(f"lease on job {lease.job.id} is no longer held by {lease.worker_id}")
-        if entry.lease.expires_at_ms <= self._now_ms():
-            raise QueueError(f"lease on job {lease.job.id} expired")
+        if entry is not None and entry.token != lease.token:
+            raise LeaseLostError(lease.job.id, lease.worker_id, LostBecause.SUPERSEDED)
         return entry
 
     async def renew(self, lease: Lease, *, lease_s: float) -> Lease:
-        """Extend a held lease to ``lease_s`` from now; QueueError if it was lost or expired."""
-        entry = self._held(lease)
+        """Extend a lease to ``lease_s`` from now, also an expired one nobody reclaimed;
+        LeaseLostError once it was reclaimed or superseded, or the job is gone."""
+        entry = self._holder(lease)
+        if entry is None:
+            raise LeaseLostError(lease.job.id, lease.worker_id, LostBecause.UNKNOWN)
+        if entry.lease is None:
+            raise LeaseLostError(lease.job.id, lease.worker_id, LostBecause.RECLAIMED)
         entry.lease = replace(lease, expires_at_ms=self._now_ms() + int(lease_s * 1000))
         heapq.heappush(self._expiries, (entry.lease.expires_at_ms, entry.job.id))
         return entry.lease
 
     async def ack(self, lease: Lease) -> None:
-        """Forget a finished job; QueueError if its lease was lost or expired."""
-        entry = self._held(lease)
-        self._fair.release(entry.ticket)
-        del self._entries[lease.job.id]
+        """Forget a finished job, also after its lease expired; LeaseLostError if another
+        claim superseded the lease. A job already gone stays gone."""
+        entry = self._holder(lease)
+        if entry is None:
+            return
+        if entry.lease is None:  # reclaimed, and nobody claimed it since
+            self._fair.remove(entry.job.id)
+        else:
+            self._fair.release(entry.ticket)
+        del self._entries[entry.job.id]
         await self._notify()  # the user may be under their running cap again
 
     async def requeue(self, lease: Lease, *, checkpoint: bytes | None = None) -> None:
-        """Queue a leased job again with ``checkpoint``; a cancelled one is dropped instead."""
-        entry = self._held(lease)
+        """Queue a leased job again with ``checkpoint``; a cancelled one is dropped
+        instead, a reclaimed one only takes the checkpoint. LeaseLostError if another
+        claim superseded the lease or the job is gone."""
+        entry = self._holder(lease)
+        if entry is None:
+            raise LeaseLostError(lease.job.id, lease.worker_id, LostBecause.UNKNOWN)
+        if entry.lease is None:  # reclaimed: it waits in its place already
+            entry.checkpoint = checkpoint
+            return
         entry.lease = None
         if entry.cancelled:
             self._fair.release(entry.ticket)

@@ -2,17 +2,24 @@
 
 The fair order is ``backend.scheduling.fairness``'s, computed by Lua scripts on the server: every
 operation is one script, which Redis runs alone, so claims from many workers never
-take the same job. The time is the caller's (``now_ms``, passed to each script), never
-the server's, so tests drive it with a fake clock. Scripts build key names from the
-namespace, so the backend needs a single Redis node, not a cluster.
+take the same job. The time is the server's (``TIME`` inside each script), never the
+caller's: hosts whose clocks disagree still agree on when a lease expires and how long
+a job has waited. Scripts build key names from the namespace, so the backend needs a
+single Redis node, not a cluster.
+
+Every script may run twice when a reply is lost and the client retries: renew, ack,
+requeue and cancel repeat harmlessly, a repeated enqueue reports the job as known, and
+a repeated claim leaves a lease nobody holds, which expires and is reclaimed.
 
 Keys, all under ``{namespace}:q:``:
 
 * ``job:{id}``: hash of one known job: its JSON payload, the fields fair queuing reads
   (lane, user, tier, cap, cost in microseconds, start tag, enqueue time, sequence) and
   its lease (token, worker, expiry, attempt), the cancelled flag and the checkpoint as
-  raw bytes. Expires :data:`JOB_TTL_S` after it was last touched, so a job nothing
-  refers to any more (its sorted-set entry lost in a crash) cannot linger forever.
+  raw bytes. The token of the latest claim stays after its lease is reclaimed: that
+  holder may still ack or requeue until the next claim replaces it. Expires
+  :data:`JOB_TTL_S` after it was last touched, so a job nothing refers to any more
+  (its sorted-set entry lost in a crash) cannot linger forever.
 * ``tag:{lane}``: sorted set of the lane's queued jobs, score the start tag, member the
   sequence number as 16 zero-padded digits then ``:`` and the id. Members of equal
   score sort by their bytes, so the order is (start tag, sequence) as in ``FairQueue``.
@@ -39,17 +46,27 @@ from dataclasses import replace
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from backend.clock import wall_ms
-from backend.errors import QueueError
+from backend.errors import LeaseLostError, QueueError, QueueUnavailableError
 from backend.models import Job, Lane
-from backend.queue.base import Head, Lease
+from backend.queue.base import Head, Lease, LostBecause
 from backend.queue.memory import DEFAULT_AGING
 from backend.scheduling.fairness import EVERYTHING, LANE_ORDER, MIN_COST_S, AgingPolicy, ClaimFilter
 
-__all__ = ["JOB_TTL_S", "POLL_INTERVAL_S", "SCAN_LIMIT", "RedisQueue"]
+__all__ = [
+    "COMMAND_TIMEOUT_S",
+    "CONNECT_TIMEOUT_S",
+    "JOB_TTL_S",
+    "POLL_INTERVAL_S",
+    "SCAN_LIMIT",
+    "RedisQueue",
+]
 
 # A week: far beyond any lane's max wait and any lease, so only true orphans expire.
 JOB_TTL_S = 7 * 24 * 3600
@@ -63,11 +80,24 @@ SCAN_CHUNK = 16
 # A claim waiting for work re-checks this often, for jobs queued by other processes;
 # this process's own enqueues, acks and requeues wake it at once.
 POLL_INTERVAL_S = 0.05
+# A client of :meth:`RedisQueue.from_url` gives up on a connection attempt, and on a
+# reply, after these: a call while Redis is down or frozen fails within seconds, never
+# hangs. Every script answers in milliseconds.
+CONNECT_TIMEOUT_S = 2.0
+COMMAND_TIMEOUT_S = 3.0
+# Retries of a call whose connection failed, which bridge a connection Redis closed
+# (a restart). A timeout is not retried: it would only multiply the wait.
+RETRIES = 2
 
-# ARGV[1..3] of every script: key prefix, now (ms), job TTL (s). Then its own arguments.
+# ARGV[1..3] of every script: key prefix, now (ms; empty: the server's TIME), job TTL
+# (s). Then its own arguments.
 _PRELUDE = """
 local prefix = ARGV[1]
 local now = tonumber(ARGV[2])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local ttl_s = tonumber(ARGV[3])
 local SEQ_OFFSET = 1e15
 
@@ -109,7 +139,7 @@ local function restore(id, key, waited_since)
   redis.call('ZADD', prefix .. 'age:' .. f[1], enq, member)
   add_cost(f[1], tonumber(f[5]))
   redis.call('HSET', key, 'state', 'queued', 'seq', seq, 'member', member)
-  redis.call('HDEL', key, 'token', 'worker', 'expires')
+  redis.call('HDEL', key, 'worker', 'expires')
   redis.call('EXPIRE', key, ttl_s)
   redis.call('ZREM', prefix .. 'leased', id)
 end
@@ -120,12 +150,23 @@ local function drop(id, key)
   redis.call('ZREM', prefix .. 'leased', id)
 end
 
--- nil if the token holds an unexpired lease, else why not.
-local function problem(key, token)
-  local f = redis.call('HMGET', key, 'state', 'token', 'expires')
-  if f[1] ~= 'leased' or f[2] ~= token then return 'lost' end
-  if tonumber(f[3]) <= now then return 'expired' end
-  return nil
+-- Forget a queued job: out of its lane's sets and its cost.
+local function unqueue(key)
+  local f = redis.call('HMGET', key, 'lane', 'member', 'cost_us')
+  redis.call('ZREM', prefix .. 'tag:' .. f[1], f[2])
+  redis.call('ZREM', prefix .. 'age:' .. f[1], f[2])
+  redis.call('DEL', key)
+  add_cost(f[1], -tonumber(f[3]))
+end
+
+-- Where a token stands with its job: 'leased' (expired or not) or 'queued' (its lease
+-- was reclaimed, nobody claimed the job since) when it may still act on it; else
+-- 'superseded' (a later claim or enqueue) or 'unknown' (no such job).
+local function standing(key, token)
+  local f = redis.call('HMGET', key, 'state', 'token')
+  if not f[1] then return 'unknown' end
+  if f[2] ~= token then return 'superseded' end
+  return f[1]
 end
 """
 
@@ -145,7 +186,7 @@ local seq = redis.call('INCR', prefix .. 'seq')
 local member = member_of(seq, id)
 local tag_text = string.format('%.17g', tag)
 redis.call('HSET', key, 'payload', ARGV[5], 'lane', lane, 'user', user, 'tier', ARGV[8],
-  'max_running', ARGV[11], 'cost_us', ARGV[12], 'tag', tag_text, 'enq', ARGV[2],
+  'max_running', ARGV[11], 'cost_us', ARGV[12], 'tag', tag_text, 'enq', now,
   'seq', seq, 'order', seq, 'member', member, 'state', 'queued', 'attempt', 0)
 redis.call('EXPIRE', key, ttl_s)
 redis.call('ZADD', prefix .. 'tag:' .. lane, tag_text, member)
@@ -289,8 +330,9 @@ return {id, f[1], attempt, expires, f[6]}
 _RENEW = """
 local id = ARGV[4]
 local key = job_key(id)
-local why = problem(key, ARGV[5])
-if why then return why end
+local held = standing(key, ARGV[5])
+if held == 'queued' then return 'reclaimed' end
+if held ~= 'leased' then return held end
 local expires = now + tonumber(ARGV[6])
 redis.call('HSET', key, 'expires', expires)
 redis.call('EXPIRE', key, ttl_s)
@@ -299,22 +341,28 @@ redis.call('EXPIRE', prefix .. 'running:' .. redis.call('HGET', key, 'user'), tt
 return expires
 """
 
-# ARGV: id, token.
+# ARGV: id, token. An unknown job is already gone: nothing to do.
 _ACK = """
 local key = job_key(ARGV[4])
-local why = problem(key, ARGV[5])
-if why then return why end
-drop(ARGV[4], key)
+local held = standing(key, ARGV[5])
+if held == 'leased' then
+  drop(ARGV[4], key)
+elseif held == 'queued' then
+  unqueue(key)
+elseif held == 'superseded' then
+  return held
+end
 return 'ok'
 """
 
-# ARGV: id, token, has checkpoint (1/0), checkpoint bytes. A cancelled job is dropped.
+# ARGV: id, token, has checkpoint (1/0), checkpoint bytes. A cancelled job is dropped;
+# a reclaimed one keeps its place and takes the checkpoint.
 _REQUEUE = """
 local id = ARGV[4]
 local key = job_key(id)
-local why = problem(key, ARGV[5])
-if why then return why end
-if redis.call('HGET', key, 'cancelled') == '1' then
+local held = standing(key, ARGV[5])
+if held ~= 'leased' and held ~= 'queued' then return held end
+if held == 'leased' and redis.call('HGET', key, 'cancelled') == '1' then
   drop(id, key)
   return 'ok'
 end
@@ -323,20 +371,21 @@ if ARGV[6] == '1' then
 else
   redis.call('HDEL', key, 'checkpoint')
 end
-restore(id, key, now)
+if held == 'leased' then
+  restore(id, key, now)
+else
+  redis.call('EXPIRE', key, ttl_s)
+end
 return 'ok'
 """
 
 # ARGV: id. A queued job is dropped, a leased one flagged; 0 if unknown.
 _CANCEL = """
 local key = job_key(ARGV[4])
-local f = redis.call('HMGET', key, 'state', 'lane', 'member', 'cost_us')
-if not f[1] then return 0 end
-if f[1] == 'queued' then
-  redis.call('ZREM', prefix .. 'tag:' .. f[2], f[3])
-  redis.call('ZREM', prefix .. 'age:' .. f[2], f[3])
-  redis.call('DEL', key)
-  add_cost(f[2], -tonumber(f[4]))
+local state = redis.call('HGET', key, 'state')
+if not state then return 0 end
+if state == 'queued' then
+  unqueue(key)
 else
   redis.call('HSET', key, 'cancelled', 1)
   redis.call('EXPIRE', key, ttl_s)
@@ -362,8 +411,11 @@ class RedisQueue:
         *,
         namespace: str,
         aging: AgingPolicy = DEFAULT_AGING,
-        now_ms: Callable[[], int] = wall_ms,
+        fake_now_ms: Callable[[], int] | None = None,
     ) -> None:
+        """``fake_now_ms`` is for tests alone: the scripts read it instead of the
+        server's ``TIME``, so a test can move time. Left ``None`` everywhere else: a
+        caller's clock must never time leases."""
         if client.connection_pool.connection_kwargs.get("decode_responses"):
             # Checkpoints are raw bytes; a decoding client would mangle them.
             raise QueueError("RedisQueue needs a client with decode_responses=False")
@@ -372,7 +424,7 @@ class RedisQueue:
         self._namespace = namespace
         self._prefix = f"{namespace}:q:"
         self._aging = aging
-        self._now_ms = now_ms
+        self._fake_now_ms = fake_now_ms
         self._changed = asyncio.Event()
         register = client.register_script
         self._enqueue = register(_PRELUDE + _ENQUEUE)
@@ -390,10 +442,18 @@ class RedisQueue:
         *,
         namespace: str,
         aging: AgingPolicy = DEFAULT_AGING,
-        now_ms: Callable[[], int] = wall_ms,
+        fake_now_ms: Callable[[], int] | None = None,
     ) -> RedisQueue:
-        """A queue over its own client of ``url``, closed by :meth:`close`."""
-        queue = cls(Redis.from_url(url), namespace=namespace, aging=aging, now_ms=now_ms)
+        """A queue over its own client of ``url``, closed by :meth:`close`. The client
+        reconnects after Redis comes back, and gives up on a call within seconds while
+        it is away (:data:`CONNECT_TIMEOUT_S`, :data:`COMMAND_TIMEOUT_S`)."""
+        client = Redis.from_url(
+            url,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=COMMAND_TIMEOUT_S,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), RETRIES, (RedisConnectionError,)),
+        )
+        queue = cls(client, namespace=namespace, aging=aging, fake_now_ms=fake_now_ms)
         queue._owns_client = True
         return queue
 
@@ -464,18 +524,22 @@ class RedisQueue:
         return Head(Job.from_json(payload.decode()), bool(aged))
 
     async def renew(self, lease: Lease, *, lease_s: float) -> Lease:
-        """Extend a held lease to ``lease_s`` from now; QueueError if it was lost or expired."""
+        """Extend a lease to ``lease_s`` from now, also an expired one nobody reclaimed;
+        LeaseLostError once it was reclaimed or superseded, or the job is gone."""
         reply = await self._run(self._renew, lease.job.id, lease.token, int(lease_s * 1000))
         _check_held(lease, reply)
         return replace(lease, expires_at_ms=int(reply))
 
     async def ack(self, lease: Lease) -> None:
-        """Forget a finished job; QueueError if its lease was lost or expired."""
+        """Forget a finished job, also after its lease expired; LeaseLostError if another
+        claim superseded the lease. A job already gone stays gone."""
         _check_held(lease, await self._run(self._ack, lease.job.id, lease.token))
         self._notify()  # the user may be under their running cap again
 
     async def requeue(self, lease: Lease, *, checkpoint: bytes | None = None) -> None:
-        """Queue a leased job again with ``checkpoint``; a cancelled one is dropped instead."""
+        """Queue a leased job again with ``checkpoint``; a cancelled one is dropped
+        instead, a reclaimed one only takes the checkpoint. LeaseLostError if another
+        claim superseded the lease or the job is gone."""
         has = "0" if checkpoint is None else "1"
         reply = await self._run(self._requeue, lease.job.id, lease.token, has, checkpoint or b"")
         _check_held(lease, reply)
@@ -536,11 +600,18 @@ class RedisQueue:
         return args + sorted(allow.exclude_tiers)
 
     async def _run(self, script: AsyncScript, *args: str | int | bytes) -> Any:
-        return await self._command(script(args=[self._prefix, self._now_ms(), JOB_TTL_S, *args]))
+        # A restarted server has lost its script cache: the script re-sends its source
+        # on NOSCRIPT, so this works again as soon as Redis is back.
+        now: str | int = "" if self._fake_now_ms is None else self._fake_now_ms()
+        return await self._command(script(args=[self._prefix, now, JOB_TTL_S, *args]))
 
     async def _command(self, pending: Any) -> Any:
         try:
             return await pending
+        except (AuthenticationError, AuthorizationError) as exc:
+            raise QueueError(f"queue {self._namespace!r}: Redis refused us: {exc}") from exc
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise QueueUnavailableError(self._namespace, str(exc) or type(exc).__name__) from exc
         except RedisError as exc:
             raise QueueError(f"queue {self._namespace!r}: Redis failed: {exc}") from exc
 
@@ -566,7 +637,8 @@ def _lease(reply: Sequence[Any], worker_id: str, token: str) -> Lease:
 
 
 def _check_held(lease: Lease, reply: Any) -> None:
-    if reply == b"lost":
-        raise QueueError(f"lease on job {lease.job.id} is no longer held by {lease.worker_id}")
-    if reply == b"expired":
-        raise QueueError(f"lease on job {lease.job.id} expired")
+    """Raise LeaseLostError for a script's refusal (``b"superseded"``, ``b"reclaimed"``,
+    ``b"unknown"``); anything else is its answer."""
+    if isinstance(reply, bytes) and reply != b"ok":
+        reason = LostBecause[reply.decode().upper()]
+        raise LeaseLostError(lease.job.id, lease.worker_id, reason)

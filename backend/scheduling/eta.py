@@ -14,6 +14,11 @@ out (batching of the work ahead, jobs that jump the queue by fair-queuing tags,
 preemptions) shows up as a bias per lane, which the model learns from the waits that
 happened: each started job's actual over estimated wait feeds a per-lane correction.
 
+A user at their running cap waits for a slot as well. A slot held by a lease that
+nobody renews (its worker died) frees only when the lease ends, and the job it held
+then runs again ahead of the user's later jobs: the start is the later of the queue's
+estimate and that (see :func:`stalled_slot`).
+
 Pure, with the time passed in.
 """
 
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from backend.models import Lane
@@ -109,14 +114,19 @@ class EtaModel:
         now_s: float,
         *,
         blocked_s: float = 0.0,
+        slot_wait_s: float = 0.0,
+        slot_work_s: float = 0.0,
     ) -> Estimate:
-        """From ``work_ahead_s`` of queued solo work ranked ahead of the job, and
-        ``blocked_s`` until the device can take it at all (see :func:`blocked_s`)."""
+        """From ``work_ahead_s`` of queued solo work ranked ahead of the job,
+        ``blocked_s`` until the device can take it at all, and the user's running slot:
+        free only after ``slot_wait_s``, then after ``slot_work_s`` of the user's own
+        solo work (see :func:`stalled_slot`)."""
         higher = LANE_ORDER[: LANE_ORDER.index(lane)]
         rate = self.arrival_rate(higher, now_s) if higher else 0.0
         gain = self.gain
         capacity = max(gain - rate, MIN_SHARE * gain)
-        start = (blocked_s + work_ahead_s / capacity) * self.correction(lane)
+        queued = (blocked_s + work_ahead_s / capacity) * self.correction(lane)
+        start = max(queued, slot_wait_s + slot_work_s / capacity)
         return Estimate(start, start + cost_s / capacity)
 
     def _expire(self, now_s: float) -> None:
@@ -135,3 +145,20 @@ def queued_ahead_s(
     if depth > 0 and position > 0:
         ahead += position * queued_cost_s.get(lane, 0.0) / depth
     return ahead
+
+
+def stalled_slot(stalled_cost_s: Sequence[float], cap: int, lease_s: float) -> tuple[float, float]:
+    """How long leases that nobody renews keep a user from a running slot: the seconds
+    until they end, and the solo work of the stalled jobs that must run again and finish
+    first. ``stalled_cost_s`` holds the costs of the user's leased jobs that no live
+    worker is known to hold, oldest first (they rank ahead of the user's later jobs);
+    ``cap`` is the user's running cap (0 or less: none).
+
+    The user's other leased jobs are running and free their slots as they finish, so
+    only stalled ones beyond ``cap - 1`` block. When a stalled lease was last renewed is
+    unknown, so the whole ``lease_s`` is counted: (0, 0) when nothing blocks.
+    """
+    blocking = len(stalled_cost_s) - cap + 1
+    if cap <= 0 or blocking <= 0:
+        return 0.0, 0.0
+    return lease_s, sum(stalled_cost_s[:blocking])

@@ -11,17 +11,28 @@ At each step boundary the worker looks at the most urgent job that wants the dev
 rules of :mod:`backend.scheduling.preemption`, evicts less urgent running jobs so that one can
 start at the next boundary; evicted jobs go back to the queue with their checkpoints
 and resume ahead of their lane.
+
+When things fail, no job stays running and no lease is held for nothing. A job whose
+bookkeeping raises (a full disk under the image store) fails with the reason; a job
+this process cannot set up (its row unknown to this database) goes back to the queue
+a few times, for another process, and then fails. A renewal that fails for a reason
+that may pass (Redis restarting) is retried while the lease lasts (:mod:`.leases`); a
+lapsed lease takes the job off the device with its checkpoint recorded, and a lease
+another claim holds stops this copy. The queue is told last, in the background, and a
+call to it that did not answer is never taken as done: the ledger's records and the
+lease's expiry settle what it left open. Every task is supervised and every wait of
+:meth:`DeviceWorker.close` is bounded (:mod:`.tasks`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -33,23 +44,37 @@ from backend.engine.types import EngineEvent, EngineFactory, Outcome, Request
 from backend.errors import BackendError, QueueError
 from backend.events.base import EventBus, EventKind, JobEvent
 from backend.grid import encode_png, make_grid
-from backend.models import Job, JobSpec
-from backend.queue.base import EVERYTHING, ClaimFilter, Head, JobQueue, Lease
-from backend.scheduling.lanes import rows_for
-from backend.scheduling.preemption import (
-    Candidate,
-    Rules,
-    Running,
-    rank,
-    steps_until_start,
-    victims,
-)
+from backend.models import Job
+from backend.queue.base import EVERYTHING, ClaimFilter, JobQueue, Lease
+from backend.scheduling.preemption import Candidate, Rules, rank, steps_until_start
+from backend.worker.flight import Flight, rows_of, shape_of, victims_for
+from backend.worker.heartbeat import Heartbeat
+from backend.worker.leases import LeaseTimer
 from backend.worker.ledger.base import GRID_INDEX, Attempt, JobLedger, ResultImage
+from backend.worker.release import QUEUE_CALL_S, Releases
+from backend.worker.tasks import final, settle, stop, supervise, wait_set
 
 log = structlog.get_logger(__name__)
 
 # Step boundaries whose scheduling overhead is kept for the benchmark and metrics.
 OVERHEAD_SAMPLES = 100_000
+# The preemption check waits this long at most for the queue's head; after a failed
+# check the next one waits this long too, so an unreachable queue is not asked per step.
+PEEK_CALL_S = 1.0
+# A ledger call of final bookkeeping (a result, a failure, a requeue) awaited this long
+# at most; shielded, it goes on after that.
+BOOKKEEPING_S = 30.0
+# Claims that failed are retried after ``poll_s``, doubling, up to this.
+CLAIM_BACKOFF_MAX_S = 1.0
+# A job this worker cannot set up goes back to the queue this many times (for another
+# process), then fails with its reason.
+MAX_SETUP_RELEASES = 3
+MAX_TRACKED_SETUPS = 10_000
+# close() waits this long for the queue to take back what it was given, then this long
+# for each task to stop, then this long for the device thread.
+RELEASE_WAIT_S = 3.0
+STOP_WAIT_S = 2.0
+ENGINE_STOP_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,41 +100,8 @@ class WorkerConfig:
     on_step: Callable[[float, float], None] | None = None
     # A job took its first step, after waiting this many seconds since it was queued.
     on_start: Callable[[Job, float], None] | None = None
-
-
-@dataclass(slots=True)
-class _Flight:
-    lease: Lease
-    rows: int
-    shape: Hashable  # (model, width, height): jobs batch only with their own shape
-    started_s: float = field(default_factory=time.monotonic)
-    stopping: bool = False  # evicted or cancelled by us; its final event is pending
-    running: bool = False  # in the engine's running batch (not waiting for its shape)
-    steps_since_resume: int = 0
-    started_seq: int = 0
-    done_steps: int = 0
-
-    @property
-    def rank(self) -> int:
-        return rank(self.lease.job.lane, aged=False)
-
-    @property
-    def attempt(self) -> Attempt:
-        return Attempt.of(self.lease)
-
-    def as_running(self) -> Running:
-        # Every claim after the first follows a preemption (or a lost lease).
-        preemptions = self.lease.attempt - 1
-        return Running(
-            self.lease.job.id,
-            self.rank,
-            self.rows,
-            self.shape,
-            self.steps_since_resume,
-            preemptions,
-            self.started_seq,
-            max(0, (self.lease.job.spec.steps or 0) - self.done_steps),
-        )
+    # How long close() waits for evicted jobs' next step boundary.
+    evict_wait_s: float = 10.0
 
 
 class DeviceWorker:
@@ -129,12 +121,28 @@ class DeviceWorker:
         self._catalog = catalog
         self._ledger = ledger
         self._events = events
-        self._flights: dict[str, _Flight] = {}
+        self._flights: dict[str, Flight] = {}
         self._inbox: asyncio.Queue[EngineEvent] = asyncio.Queue()
         self._room = asyncio.Event()
         self._drained = asyncio.Event()
-        self._stopping = asyncio.Event()
+        self._stopping = asyncio.Event()  # no more claims
+        self._closed = asyncio.Event()  # every task ends
+        self._shut = asyncio.Event()  # close() is done
         self._tasks: list[asyncio.Task[None]] = []
+        # Acks and requeues on their way to the queue (retried while it is away).
+        self._releases = Releases(queue, config.lease_s)
+        self._heartbeat = Heartbeat(
+            queue,
+            config.lease_s,
+            self._flights,
+            lost=self._lease_lost,
+            lapsed=self._lease_lapsed,
+            cancelled=self.cancel,
+        )
+        # How often each job this worker could not set up went back to the queue.
+        self._setup_releases: dict[str, int] = {}
+        self._claim_pause_s = 0.0
+        self._peek_after_s = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._engine = engine_factory(self._from_device)
         self._started_seq = itertools.count(1)
@@ -154,46 +162,87 @@ class DeviceWorker:
         await self.close()
 
     def start(self) -> None:
-        """Start the device thread and the claim, event and heartbeat tasks."""
+        """Start the device thread and the claim, event and heartbeat tasks, each
+        supervised (restarted after a crash, which is logged)."""
         self._loop = asyncio.get_running_loop()
         self._engine.start()
         name = self.config.worker_id
+        loops = (
+            ("claim", self._claim_loop, self._stopping),
+            ("events", self._event_loop, self._closed),
+            ("heartbeat", functools.partial(self._heartbeat.run, self._closed), self._closed),
+        )
         self._tasks = [
-            asyncio.create_task(self._claim_loop(), name=f"claim-{name}"),
-            asyncio.create_task(self._event_loop(), name=f"events-{name}"),
-            asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat-{name}"),
+            asyncio.create_task(supervise(task, body, done), name=f"{task}-{name}")
+            for task, body, done in loops
         ]
 
     async def close(self, *, drain_s: float = 30.0) -> None:
         """Stop claiming; let running jobs finish for up to ``drain_s``, then evict the
-        rest back to the queue with their checkpoints; stop the device thread."""
+        rest at their next step boundary (each checkpointed and requeued, through the
+        ledger and the queue); stop the tasks and the device thread.
+
+        Returns within ``drain_s`` plus a few seconds (``evict_wait_s`` at most for the
+        step boundary), whatever the queue does: a job the queue could not take back
+        stays in the ledger as queued with its checkpoint (running, if its boundary never
+        came), and its lease lapses so that the queue hands it out again.
+        """
+        if self._stopping.is_set():
+            await self._shut.wait()  # a close under way ends within its own bound
+            return
         self._stopping.set()
         self._room.set()
-        # Claiming stops first, so nothing requeued below is claimed straight back.
-        others = self._tasks[1:]
-        if self._tasks:
-            self._tasks[0].cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tasks[0]
-        await self._wait_drained(drain_s)
-        for job_id, flight in list(self._flights.items()):
-            flight.stopping = True
-            self._engine.evict(job_id)
-        await self._wait_drained(10.0)
-        for task in others:
-            task.cancel()
-        for task in others:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-        await asyncio.to_thread(self._engine.stop)
+        try:
+            await self._stop_claiming()
+            await self._wait_drained(drain_s)
+            for job_id, flight in list(self._flights.items()):
+                flight.stopping = True
+                self._engine.evict(job_id)
+            await self._wait_drained(self.config.evict_wait_s)
+            self._leave_the_rest()
+            await self._releases.settle(RELEASE_WAIT_S)
+        finally:
+            self._closed.set()
+            try:
+                await stop([*self._tasks, *self._releases.tasks], STOP_WAIT_S)
+                self._tasks = []
+                await self._stop_engine()
+            finally:
+                self._shut.set()
+
+    async def _stop_claiming(self) -> None:
+        """Let the claim loop end by itself: its claim returns within ``poll_s`` (or the
+        call's bound) and a lease it got meanwhile goes back. Cancelled after that."""
+        if not self._tasks:
+            return
+        claim = self._tasks[0]
+        if await settle([claim], self.config.poll_s + QUEUE_CALL_S):
+            await stop([claim], STOP_WAIT_S)
 
     async def _wait_drained(self, timeout_s: float) -> None:
-        if not self._flights:
-            return
-        self._drained.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drained.wait(), timeout_s)
+        if self._flights:
+            self._drained.clear()
+            await wait_set(self._drained, timeout_s)
+
+    def _leave_the_rest(self) -> None:
+        """Forget the jobs whose step boundary never came: they stay recorded as they
+        are, and their leases lapse."""
+        for job_id in self._flights:
+            log.warning(
+                "job_left_running",
+                job_id=job_id,
+                waited_s=self.config.evict_wait_s,
+                why="no step boundary came; its lease lapses and the queue hands it out again",
+            )
+        self._flights.clear()
+        self._drained.set()
+
+    async def _stop_engine(self) -> None:
+        if self._loop is None:
+            return  # never started
+        stopping = asyncio.ensure_future(asyncio.to_thread(self._engine.stop, ENGINE_STOP_S))
+        if await settle([stopping], ENGINE_STOP_S + STOP_WAIT_S):
+            log.error("device_thread_left_running", device=self.config.device_name)
 
     def _landed(self, job_id: str) -> None:
         """A job left this worker (finished, failed, requeued or lost)."""
@@ -208,6 +257,11 @@ class DeviceWorker:
     def busy(self) -> bool:
         """Whether the worker holds any job (running, or claimed and about to run)."""
         return bool(self._flights)
+
+    @property
+    def held_job_ids(self) -> tuple[str, ...]:
+        """The jobs the worker holds (running, or claimed and about to run)."""
+        return tuple(self._flights)
 
     def evict(self, job_id: str) -> bool:
         """Take a job off the device at its next step boundary and requeue it."""
@@ -233,54 +287,107 @@ class DeviceWorker:
         return sum(flight.rows for flight in self._flights.values())
 
     async def _claim_loop(self) -> None:
-        config = self.config
+        failures = 0
         while not self._stopping.is_set():
-            if self._flights and self._rows_in_flight() >= config.capacity_rows:
+            if self._flights and self._rows_in_flight() >= self.config.capacity_rows:
                 self._room.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), config.poll_s)
+                await wait_set(self._room, self.config.poll_s)
                 continue
+            if self._claim_pause_s > 0:
+                pause_s, self._claim_pause_s = self._claim_pause_s, 0.0
+                await wait_set(self._stopping, pause_s)
+                continue
+            sent_s = time.monotonic()
             try:
-                lease = await self._queue.claim(
-                    config.worker_id,
-                    lease_s=config.lease_s,
-                    wait_s=config.poll_s,
-                    allow=config.allow(),
-                )
-            except QueueError as exc:
-                log.warning("claim_failed", error=str(exc))
-                await asyncio.sleep(config.poll_s)
+                lease = await self._claim()
+            except (QueueError, TimeoutError) as exc:
+                # A claim that timed out may have taken effect: that lease lapses unrenewed
+                # and the queue hands the job out again.
+                failures += 1
+                log.warning("claim_failed", error=_why(exc), failures=failures)
+                backoff_s = self.config.poll_s * 2 ** min(failures - 1, 8)
+                await wait_set(self._stopping, min(backoff_s, CLAIM_BACKOFF_MAX_S))
                 continue
-            if lease is None:
-                continue
-            try:
-                await self._begin(lease)
-            except Exception as exc:  # one job's set-up failing must not stop claiming
-                log.exception("job_setup_failed", job_id=lease.job.id)
-                # Recording the claim again changes nothing if it was recorded, and lets
-                # the failure count as this attempt's if it was not.
-                await self._ledger.claimed(Attempt.of(lease))
-                await self._fail(Attempt.of(lease), f"set-up failed: {exc}")
-                await self._ack(lease)
+            if failures:
+                log.info("claim_recovered", failures=failures)
+                failures = 0
+            if lease is not None:
+                await self._take(lease, sent_s)
 
-    async def _begin(self, lease: Lease) -> None:
+    async def _claim(self) -> Lease | None:
+        config = self.config
+        async with asyncio.timeout(config.poll_s + QUEUE_CALL_S):
+            return await self._queue.claim(
+                config.worker_id,
+                lease_s=config.lease_s,
+                wait_s=config.poll_s,
+                allow=config.allow(),
+            )
+
+    async def _take(self, lease: Lease, sent_s: float) -> None:
+        """Set up a claimed job; never raises: a job that cannot be set up goes back to
+        the queue (a bounded number of times) or fails with its reason."""
+        if self._stopping.is_set():
+            # Claimed while closing: back to the queue as it came.
+            self._releases.requeue(lease, lease.checkpoint)
+            return
+        try:
+            await self._begin(lease, sent_s)
+        except Exception as exc:
+            log.exception("job_setup_failed", job_id=lease.job.id, attempt=lease.attempt)
+            await self._setup_failed(lease, exc)
+
+    async def _begin(self, lease: Lease, sent_s: float) -> None:
         job = lease.job
         attempt = Attempt.of(lease)
-        await self._ledger.claimed(attempt)
+        if not await self._ledger.claimed(attempt):
+            # Finished already (its result recorded after its lease lapsed, the ack lost)
+            # or run by a later attempt: never run again. The queue forgets it.
+            log.warning("job_claim_dropped", job_id=job.id, attempt=lease.attempt)
+            self._releases.ack(lease)
+            return
         try:
             request = await self._request_for(job)
         except (BackendError, ValueError, OSError) as exc:
             await self._fail(attempt, str(exc))
-            await self._ack(lease)
+            self._releases.ack(lease)
             return
         checkpoint = lease.checkpoint
         if checkpoint is None:
-            # The queue lost it (Redis flushed, the job reconciled from SQLite): the
-            # ledger keeps the last checkpoint of a preempted job.
+            # The queue lost it (Redis flushed, the job reconciled from SQLite, a requeue
+            # that never reached it): the ledger keeps the last checkpoint of a requeue.
             checkpoint = await self._ledger.checkpoint(job.id)
-        self._flights[job.id] = _Flight(lease, _rows(job), _shape(request.spec))
+        timer = LeaseTimer.start(sent_s, self.config.lease_s)
+        self._flights[job.id] = Flight(lease, rows_of(job), shape_of(request.spec), timer)
+        self._setup_releases.pop(job.id, None)
         log.info("job_claimed", job_id=job.id, attempt=lease.attempt, resumed=bool(checkpoint))
         self._engine.submit(request, checkpoint)
+
+    async def _setup_failed(self, lease: Lease, exc: Exception) -> None:
+        """Give the job back to the queue, so that another process (whose database knows
+        it, whose disk has room) may run it, and pause claiming a little; after
+        :data:`MAX_SETUP_RELEASES` times, fail it with the reason."""
+        job_id = lease.job.id
+        self._landed(job_id)
+        reason = f"set-up failed on {self.config.worker_id}: {_why(exc)}"
+        releases = self._setup_releases.pop(job_id, 0) + 1
+        if releases > MAX_SETUP_RELEASES:
+            attempt = Attempt.of(lease)
+            # Recording the claim again changes nothing if it was recorded, and lets the
+            # failure count as this attempt's if it was not.
+            await self._record(self._ledger.claimed(attempt), job_id, "claimed")
+            await self._fail(attempt, reason)
+            self._releases.ack(lease)
+            return
+        if len(self._setup_releases) >= MAX_TRACKED_SETUPS:
+            self._setup_releases.clear()
+        self._setup_releases[job_id] = releases
+        await self._record(
+            self._ledger.requeued(Attempt.of(lease), lease.checkpoint), job_id, "requeued"
+        )
+        self._releases.requeue(lease, lease.checkpoint)
+        self._claim_pause_s = self.config.poll_s * releases
+        log.warning("job_released", job_id=job_id, releases=releases, reason=reason)
 
     async def _request_for(self, job: Job) -> Request:
         spec = self._catalog.resolve(job.spec)
@@ -302,55 +409,96 @@ class DeviceWorker:
             self._loop.call_soon_threadsafe(self._inbox.put_nowait, event)
 
     async def _event_loop(self) -> None:
-        while True:
+        while not self._closed.is_set():
             event = await self._inbox.get()
             flight = self._flights.get(event.job_id)
             if flight is not None:
                 try:
                     await self._handle(event, flight)
                 except Exception:  # bookkeeping for one job must not stop the others'
-                    log.exception("engine_event_failed", job_id=event.job_id, outcome=event.outcome)
+                    log.exception(
+                        "engine_event_failed", job_id=event.job_id, outcome=event.outcome.value
+                    )
             # One step's events arrive together: decide once they are all in.
             if self._boundary_pending and self._inbox.empty():
                 await self._at_boundary()
 
-    async def _handle(self, event: EngineEvent, flight: _Flight) -> None:
-        job = flight.lease.job
-        outcome = event.outcome
-        if outcome is Outcome.PROGRESS:
-            flight.steps_since_resume += 1
-            flight.done_steps = event.step
-            self._boundary_pending = True
-            self._publish(
-                job.id, EventKind.STEP, event.step, event.total, event.eta_s, preview=event.preview
-            )
+    async def _handle(self, event: EngineEvent, flight: Flight) -> None:
+        if event.outcome is Outcome.PROGRESS:
+            await self._progress(event, flight)
+        elif event.outcome is Outcome.STARTED:
+            self._started(event, flight)
+        else:
+            await self._finish(event, flight)
+
+    async def _progress(self, event: EngineEvent, flight: Flight) -> None:
+        job_id = event.job_id
+        flight.steps_since_resume += 1
+        flight.done_steps = event.step
+        self._boundary_pending = True
+        self._publish(
+            job_id, EventKind.STEP, event.step, event.total, event.eta_s, preview=event.preview
+        )
+        try:
             await self._ledger.progress(flight.attempt, event.step, event.total)
+        except Exception as exc:
+            # The step went out to followers; a requeue records the step reached anyway.
+            log.warning("progress_unrecorded", job_id=job_id, error=_why(exc))
+
+    def _started(self, event: EngineEvent, flight: Flight) -> None:
+        job = flight.lease.job
+        flight.running = True
+        flight.steps_since_resume = 0
+        flight.done_steps = event.step
+        flight.started_seq = next(self._started_seq)
+        if flight.lease.attempt == 1 and self.config.on_start is not None:
+            waited_s = max(0.0, (wall_ms() - job.submitted_at_ms) / 1000)
+            self.config.on_start(job, waited_s)
+        self._publish(job.id, EventKind.STARTED, event.step, event.total)
+
+    async def _finish(self, event: EngineEvent, flight: Flight) -> None:
+        """A job's last event from the device: record it, tell its followers, let the
+        queue forget it (or take it back). Whatever fails, the job leaves this worker
+        and ends: bookkeeping that raises fails the job with the reason."""
+        job = flight.lease.job
+        try:
+            with structlog.contextvars.bound_contextvars(
+                job_id=job.id,
+                user_id=job.user_id,
+                lane=job.lane.value,
+                device=self.config.device_name,
+            ):
+                await self._end(event, flight)
+        finally:
+            # Only now, so that close() sees the job's records made and its release
+            # under way once the worker holds nothing. (A lost lease landed it already.)
+            if self._flights.get(job.id) is flight:
+                self._landed(job.id)
+
+    async def _end(self, event: EngineEvent, flight: Flight) -> None:
+        if event.outcome is Outcome.EVICTED:
+            await self._requeue(flight, event)
             return
-        if outcome is Outcome.STARTED:
-            flight.running = True
-            flight.steps_since_resume = 0
-            flight.done_steps = event.step
-            flight.started_seq = next(self._started_seq)
-            if flight.lease.attempt == 1 and self.config.on_start is not None:
-                waited_s = max(0.0, (wall_ms() - job.submitted_at_ms) / 1000)
-                self.config.on_start(job, waited_s)
-            self._publish(job.id, EventKind.STARTED, event.step, event.total)
-            return
-        with structlog.contextvars.bound_contextvars(
-            job_id=job.id, user_id=job.user_id, lane=job.lane.value, device=self.config.device_name
-        ):
-            if outcome is Outcome.FINISHED:
-                await self._succeed(job, list(event.images), flight)
-            elif outcome is Outcome.FAILED:
-                await self._fail(flight.attempt, event.error or "failed")
-            elif outcome is Outcome.CANCELLED:
-                await asyncio.shield(self._ledger.cancelled(flight.attempt))
-                self._publish(job.id, EventKind.CANCELLED)
-                log.info("job_cancelled")
-            elif outcome is Outcome.EVICTED:
-                await self._requeue(flight, event)
-                return
-            await self._ack(flight.lease)
+        try:
+            await self._record_end(event, flight)
+        except Exception as exc:
+            job_id = flight.lease.job.id
+            log.exception("job_bookkeeping_failed", job_id=job_id, outcome=event.outcome.value)
+            await self._fail(flight.attempt, _bookkeeping_failed(event, exc))
+        # Not reached when cancelled: a record cut short may not have been made, so the
+        # lease is left to lapse and the queue hands the job out again.
+        self._releases.ack(flight.lease)
+
+    async def _record_end(self, event: EngineEvent, flight: Flight) -> None:
+        job = flight.lease.job
+        if event.outcome is Outcome.FINISHED:
+            await self._succeed(job, list(event.images), flight)
+        elif event.outcome is Outcome.FAILED:
+            await self._fail(flight.attempt, event.error or "failed")
+        else:
+            await final(self._ledger.cancelled(flight.attempt), BOOKKEEPING_S)
+            self._publish(job.id, EventKind.CANCELLED)
+            log.info("job_cancelled")
 
     # -- preemption ------------------------------------------------------------------------
 
@@ -363,10 +511,13 @@ class DeviceWorker:
         if not self.config.preemption.enabled or self._stopping.is_set():
             return
         started = time.perf_counter()
+        if time.monotonic() < self._peek_after_s:
+            return  # the queue failed a moment ago
         try:
             await self._preempt_for_urgent()
-        except QueueError as exc:
-            log.warning("preemption_check_failed", error=str(exc))
+        except (QueueError, TimeoutError) as exc:
+            self._peek_after_s = time.monotonic() + PEEK_CALL_S
+            log.warning("preemption_check_failed", error=_why(exc))
         finally:
             self.overhead_s.append(time.perf_counter() - started)
 
@@ -389,7 +540,7 @@ class DeviceWorker:
         if not running:
             return 0.0
         wanted = Candidate(
-            job.id, rank(job.lane, aged), _rows(job), _shape(self._catalog.resolve(job.spec))
+            job.id, rank(job.lane, aged), rows_of(job), shape_of(self._catalog.resolve(job.spec))
         )
         steps = steps_until_start(
             wanted,
@@ -400,51 +551,25 @@ class DeviceWorker:
         return steps * self.step_s
 
     async def _preempt_for_urgent(self) -> None:
-        running = [f for f in self._flights.values() if f.running and not f.stopping]
-        if not running:
+        if not any(f.running and not f.stopping for f in self._flights.values()):
             return
-        head = await self._queue.peek(self.config.allow())
-        waiting = self._most_urgent(head)
-        if waiting is None:
-            return
+        async with asyncio.timeout(PEEK_CALL_S):
+            head = await self._queue.peek(self.config.allow())
         config = self.config
-        chosen = victims(
-            waiting, [f.as_running() for f in running], config.capacity_rows, config.preemption
+        waiting, chosen = victims_for(
+            self._flights, head, self._catalog.resolve, config.capacity_rows, config.preemption
         )
-        if head is not None and waiting.job_id == head.job.id and chosen:
-            # Claimed jobs that wait for their shape would take the freed device
-            # before the queued job is claimed: less urgent ones go back too.
-            chosen += [
-                job_id
-                for job_id, f in self._flights.items()
-                if not f.running and not f.stopping and f.rank > waiting.rank
-            ]
         for job_id in chosen:
             if self.evict(job_id):
                 self.preemptions += 1
-                log.info("job_preempting", job_id=job_id, for_job=waiting.job_id)
+                log.info("job_preempting", job_id=job_id, for_job=waiting)
 
-    def _most_urgent(self, head: Head | None) -> Candidate | None:
-        """The most urgent job that wants the device: a claimed one waiting for its
-        shape, or the queue's head (a tie goes to the one already claimed)."""
-        best: Candidate | None = None
-        for job_id, flight in self._flights.items():
-            if flight.running or flight.stopping:
-                continue
-            if best is None or flight.rank < best.rank:
-                best = Candidate(job_id, flight.rank, flight.rows, flight.shape)
-        if head is not None and head.job.id not in self._flights:
-            job = head.job
-            urgency = rank(job.lane, head.aged)
-            if best is None or urgency < best.rank:
-                shape = _shape(self._catalog.resolve(job.spec))
-                best = Candidate(job.id, urgency, _rows(job), shape)
-        return best
-
-    async def _succeed(self, job: Job, samples: list[Image.Image], flight: _Flight) -> None:
+    async def _succeed(self, job: Job, samples: list[Image.Image], flight: Flight) -> None:
         images = await asyncio.to_thread(_encode, samples)
         run_s = time.monotonic() - flight.started_s
-        paths = await asyncio.shield(self._ledger.succeeded(job, flight.attempt, images, run_s))
+        paths = await final(
+            self._ledger.succeeded(job, flight.attempt, images, run_s), BOOKKEEPING_S
+        )
         if not paths:
             # A later attempt holds the job (this lease was lost): its result stands.
             log.warning("job_result_discarded", attempt=flight.lease.attempt)
@@ -463,27 +588,40 @@ class DeviceWorker:
         )
 
     async def _fail(self, attempt: Attempt, reason: str) -> None:
-        await asyncio.shield(self._ledger.failed(attempt, reason))
+        """Record the job failed with ``reason`` and tell its followers. Never raises: a
+        ledger that cannot record it is logged, and the failure is published all the
+        same, so that nobody waits for the job forever."""
+        await self._record(self._ledger.failed(attempt, reason), attempt.job_id, "failed")
         self._publish(attempt.job_id, EventKind.FAILED, error=reason)
         log.warning("job_failed", job_id=attempt.job_id, error=reason)
 
-    async def _requeue(self, flight: _Flight, event: EngineEvent) -> None:
+    async def _requeue(self, flight: Flight, event: EngineEvent) -> None:
         job = flight.lease.job
-        self._landed(job.id)
-        try:
-            await self._queue.requeue(flight.lease, checkpoint=event.checkpoint)
-        except QueueError as exc:
-            log.warning("requeue_failed", job_id=job.id, error=str(exc))
-            return
-        await asyncio.shield(self._ledger.requeued(flight.attempt, event.checkpoint))
+        # The ledger first: should the queue not take the job back (unreachable), its
+        # lease lapses, the queue hands the job out again, and it resumes from here.
+        await self._record(
+            self._ledger.requeued(flight.attempt, event.checkpoint), job.id, "requeued"
+        )
+        self._releases.requeue(flight.lease, event.checkpoint)
         self._publish(job.id, EventKind.PREEMPTED, event.step, event.total)
         size = len(event.checkpoint) if event.checkpoint else 0
-        log.info("job_preempted", job_id=job.id, step=event.step, checkpoint_bytes=size)
+        log.info(
+            "job_preempted",
+            job_id=job.id,
+            step=event.step,
+            checkpoint_bytes=size,
+            lease_lapsed=flight.lapsed,
+        )
 
-    async def _ack(self, lease: Lease) -> None:
-        self._landed(lease.job.id)
-        with contextlib.suppress(QueueError):
-            await self._queue.ack(lease)
+    async def _record(self, work: Awaitable[object], job_id: str, entry: str) -> bool:
+        """Final bookkeeping through the ledger, shielded and bounded; False (logged)
+        if it failed."""
+        try:
+            await final(work, BOOKKEEPING_S)
+        except Exception as exc:
+            log.error("ledger_record_failed", job_id=job_id, entry=entry, error=_why(exc))
+            return False
+        return True
 
     def _publish(
         self,
@@ -504,25 +642,20 @@ class DeviceWorker:
 
     # -- leases ----------------------------------------------------------------------------
 
-    async def _heartbeat_loop(self) -> None:
-        interval = max(self.config.lease_s / 3, 0.05)
-        while True:
-            await asyncio.sleep(interval)
-            for job_id, flight in list(self._flights.items()):
-                await self._keep(job_id, flight)
+    def _lease_lost(self, job_id: str, exc: Exception) -> None:
+        # Another claim holds the job now: stop our copy without touching its records.
+        log.warning("lease_lost", job_id=job_id, error=_why(exc))
+        self._landed(job_id)
+        self._engine.cancel(job_id)
 
-    async def _keep(self, job_id: str, flight: _Flight) -> None:
-        try:
-            flight.lease = await self._queue.renew(flight.lease, lease_s=self.config.lease_s)
-            cancelled = await self._queue.is_cancelled(job_id)
-        except QueueError as exc:
-            # Someone else holds the job now: stop our copy without touching its records.
-            log.warning("lease_lost", job_id=job_id, error=str(exc))
-            self._landed(job_id)
-            self._engine.cancel(job_id)
-            return
-        if cancelled and not flight.stopping:
-            self.cancel(job_id)
+    def _lease_lapsed(self, job_id: str, exc: Exception) -> None:
+        # The queue may hand the job to another worker now. Off the device it goes, its
+        # checkpoint recorded by the ledger to resume from.
+        flight = self._flights[job_id]
+        log.warning("lease_lapsed", job_id=job_id, error=_why(exc), failures=flight.timer.failures)
+        flight.lapsed = True
+        flight.stopping = True
+        self._engine.evict(job_id)
 
 
 def _encode(samples: list[Image.Image]) -> list[ResultImage]:
@@ -533,10 +666,19 @@ def _encode(samples: list[Image.Image]) -> list[ResultImage]:
     ]
 
 
-def _rows(job: Job) -> int:
-    return rows_for(job.spec.n, job.spec.guidance)
+def _why(exc: BaseException) -> str:
+    """An error for a log line or a job's recorded reason."""
+    return str(exc) or type(exc).__name__
 
 
-def _shape(spec: JobSpec) -> Hashable:
-    """What jobs must share to batch: the model and the image size."""
-    return (spec.model, spec.width, spec.height)
+def _bookkeeping_failed(event: EngineEvent, exc: Exception) -> str:
+    """The reason a job fails with when recording its end raised."""
+    what = {
+        Outcome.FINISHED: "storing the result",
+        Outcome.FAILED: "recording the failure",
+        Outcome.CANCELLED: "recording the cancellation",
+    }.get(event.outcome, "bookkeeping")
+    reason = f"{what} failed: {_why(exc)}"
+    if event.outcome is Outcome.FAILED and event.error:
+        return f"{event.error} ({reason})"
+    return reason

@@ -333,6 +333,17 @@ class JobRepo:
             return False
         return _may_claim(row, attempt) if entry == "claimed" else _holds(row, token)
 
+    async def runs_under(self, job_id: str, token: str) -> bool:
+        """Whether the job is running under the attempt with lease ``token`` (its claim
+        was recorded, and nothing ended or requeued it since)."""
+        async with self._db.reading() as conn:
+            row = await fetch_one(
+                conn,
+                "SELECT 1 FROM jobs WHERE id = ? AND state = 'running' AND attempt_token = ?",
+                (job_id, token),
+            )
+        return row is not None
+
     async def applied(self, job_id: str, token: str, entry: str) -> bool:
         """Whether call ``entry`` of the attempt with lease ``token`` took effect."""
         async with self._db.reading() as conn:

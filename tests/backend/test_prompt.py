@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import unicodedata
 from typing import Any
 
 import pytest
@@ -63,6 +64,26 @@ GOOD_CASES: list[tuple[str, dict[str, Any]]] = [
     ("a::2 fox, (detailed) -wide", {"prompt": "a::2 fox, (detailed) -wide"}),
     ("fox", {"seed": DEFAULT_SEED, "n": 4, "negative_prompt": "", "steps": None}),
     ("fox", {"guidance": None, "speed": None, "model": None, "scheduler": None}),
+    # Dash look-alikes and fullwidth forms are read as flags.
+    ("fox －－seed 5", {"prompt": "fox", "seed": 5}),
+    ("fox －－ｓｅｅｄ　５　－－ＡＲ　１６：９", {"prompt": "fox", "seed": 5, "aspect": (16, 9)}),
+    ("fox −−seed 5 ﹣﹣fast", {"prompt": "fox", "seed": 5, "speed": Speed.FAST}),
+    ("fox ‐‐steps 9 ‑‑n 2 ‒‒cfg 3", {"prompt": "fox", "steps": 9, "n": 2, "guidance": 3.0}),
+    ("fox ―seed 5 ﹘relax", {"prompt": "fox", "seed": 5, "speed": Speed.RELAX}),
+    ("fox －－no ｂｌｕｒ", {"prompt": "fox", "negative_prompt": "ｂｌｕｒ"}),
+    ("a −5 °C −− fox ‐wide", {"prompt": "a −5 °C −− fox ‐wide"}),
+    ("〜〜ファンタジー〜〜 ゠゠", {"prompt": "〜〜ファンタジー〜〜 ゠゠"}),
+    # Invisible characters hide no flag and are not kept as text.
+    ("fox \u200b--seed 5 \u2060—fast", {"prompt": "fox", "seed": 5, "speed": Speed.FAST}),
+    ("fox \u200d--seed 5 \ufe0f\u3164--n 2", {"prompt": "fox", "seed": 5, "n": 2}),
+    ("a\u200b red \u200e fox\ufeff \u2800", {"prompt": "a red fox"}),
+    ("fox --no blur,\u200d, \u2066dark\u2069", {"negative_prompt": "blur, dark"}),
+    ("שלום\u200f עולם \u202bfox\u202c", {"prompt": "שלום עולם fox"}),
+    # Joiners and variation selectors inside a word are part of it (emoji, scripts).
+    (
+        "👨\u200d👩\u200d👧 ❤\ufe0f می\u200cخواهم",
+        {"prompt": "👨\u200d👩\u200d👧 ❤\ufe0f می\u200cخواهم"},
+    ),
 ]
 
 
@@ -175,6 +196,31 @@ BAD_CASES: list[tuple[str, str | None, str]] = [
     ("fox\x00bar", None, "printable text only"),
     ("fox \x7f --seed 1", None, "printable text only"),
     ("fox \ud800", None, "printable text only"),
+    # A prompt that shows nothing once invisible characters are left out is empty.
+    ("\u200b", None, "write what to draw"),
+    ("\u200b\u200c\u200d\u2060\ufeff\u00ad", None, "write what to draw"),
+    ("\u200e\u200f \u2066\u2069 \u202a\u202c \u061c", None, "write what to draw"),
+    ("\u3164 \u115f\u1160 \uffa0 \u2800 \ufe0f \U000e0041", None, "write what to draw"),
+    ("--seed 5 \u200b --fast \u200d", None, "write what to draw"),
+    ("fox --no \u200b, \u200d", "--no", "expected --no"),
+    # Bidi overrides show text in another order than it is stored.
+    ("fox \u202eraw", None, "without direction overrides"),
+    ("\u202dfox\u202c", None, "without direction overrides"),
+    # Look-alike dashes start a flag: unknown and malformed ones are refused.
+    ("fox －－xyz", "--xyz", "known flags:"),
+    ("fox —ｓｔｙｌｅ raw", "--style", "known flags:"),
+    ("fox −−xyz", "--xyz", "known flags:"),
+    ("fox ﹣﹣xyz", "--xyz", "known flags:"),
+    ("fox ‐‐xyz", "--xyz", "known flags:"),
+    ("fox ‑‑xyz", "--xyz", "known flags:"),
+    ("fox ‒‒xyz", "--xyz", "known flags:"),
+    ("fox ―xyz", "--xyz", "known flags:"),
+    ("fox ﹘xyz", "--xyz", "known flags:"),
+    ("fox –xyz", "--xyz", "known flags:"),
+    ("fox －－seed＝5", "－－seed＝5", "--name"),
+    ("fox －－シード 5", "－－シード", "--name"),
+    ("fox －－seed ５x", "--seed", "expected --seed N"),
+    ("fox －－seed −１", "--seed", "expected --seed N"),
 ]
 
 
@@ -244,18 +290,40 @@ def test_image_size_fits_budget_in_multiples(across: int, down: int, budget: int
 
 # --- property tests --------------------------------------------------------------------------
 
-DASHES = "-—–"
+# Two hyphens or one long dash start a flag, in any of these forms.
+HYPHENS = "-\u2010\u2011\u2012\u2212\ufe63\uff0d"
+LONG_DASHES = "\u2013\u2014\u2015\ufe58\u2e3a\u2e3b"
+DASHES = HYPHENS + LONG_DASHES
+PREFIXES = [a + b for a in HYPHENS for b in HYPHENS] + list(LONG_DASHES)
+BIDI_OVERRIDES = "\u202d\u202e"
+BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u2066\u2067\u2068\u2069"
+# Format characters that show nothing: left out of any accepted text.
+DROPPED = BIDI_CONTROLS + "\u00ad\u180e\u200b\u2060\u2061\u2062\u2063\u2064\ufeff"
+# Characters that show nothing on their own but belong to the word they are in.
+SILENT = (
+    "\u200c\u200d\u034f\u115f\u1160\u17b4\u180b\u3164\uffa0\u2800"
+    "\ufe00\ufe0f\U000e0001\U000e0041\U000e007f\U000e0100"
+)
+INVISIBLE = DROPPED + SILENT
 WORD_CHARS = st.characters(
-    blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp"), blacklist_characters="\x85"
+    blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp"),
+    blacklist_characters="\x85" + DROPPED + BIDI_OVERRIDES,
 )
 
 
+def is_invisible(char: str) -> bool:
+    """Shows nothing on its own (Unicode's default-ignorable code points, fillers)."""
+    code = ord(char)
+    return char in INVISIBLE or 0xE0000 <= code <= 0xE0FFF or 0xFE00 <= code <= 0xFE0F
+
+
 def is_flag_like(token: str) -> bool:
-    return token.startswith(("--", "—", "–")) and not set(token) <= set(DASHES)
+    starts = token[:2] in PREFIXES or token[:1] in LONG_DASHES
+    return starts and not set(token) <= set(DASHES)
 
 
 words = st.text(WORD_CHARS, min_size=1, max_size=10).filter(
-    lambda w: not any(c.isspace() for c in w) and not is_flag_like(w)
+    lambda w: not any(c.isspace() for c in w) and not is_flag_like(w) and not is_invisible(w[0])
 )
 # Within PromptSettings' bounds, default_n <= max_n as the settings check enforces.
 limits_st = st.integers(1, 16).flatmap(
@@ -273,7 +341,7 @@ limits_st = st.integers(1, 16).flatmap(
 flag_names = st.sampled_from([f[2:] for f in KNOWN_FLAGS] + ["xyz", "seed=5", "1", "", "no-"])
 flag_tokens = st.builds(
     lambda prefix, name, upper: prefix + (name.upper() if upper else name),
-    st.sampled_from(["--", "—", "–", "-", "---", "—-", ""]),
+    st.sampled_from(["--", "—", "–", "-", "---", "—-", "", "－－", "−−", "\u200b--", "‐"]),
     flag_names,
     st.booleans(),
 )
@@ -332,7 +400,7 @@ def valid_prompts(draw: st.DrawFn) -> tuple[str, PromptLimits]:
         "scheduler": st.sampled_from([*SCHEDULER_NAMES, "euler-a", "DPMPP-2M"]),
     }
     for name in draw(st.lists(st.sampled_from(sorted(options)), unique=True)):
-        prefix = draw(st.sampled_from(["--", "—", "–"]))
+        prefix = draw(st.sampled_from(PREFIXES))
         groups.append([prefix + name, draw(options[name])])
     speed = draw(st.sampled_from(["", "--fast", "—relax", "--TURBO"]))
     if speed:
@@ -385,3 +453,104 @@ def specs(draw: st.DrawFn) -> JobSpec:
 def test_formatted_spec_parses_back_identical(spec: JobSpec) -> None:
     """Every valid spec survives format_prompt then parse_prompt unchanged."""
     assert parse(format_prompt(spec)) == spec
+
+
+# --- invisible characters and look-alike dashes ----------------------------------------------
+
+
+def widen(text: str) -> str:
+    """ASCII as a fullwidth keyboard types it."""
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+blanks = st.text(st.sampled_from(INVISIBLE + " \t\n\u3000"), max_size=12)
+
+
+@PROPERTY
+@given(before=blanks, flags=st.sampled_from(["", "--seed 5 —fast", "－－ar 2:1"]), after=blanks)
+def test_text_that_shows_nothing_is_refused_as_empty(before: str, flags: str, after: str) -> None:
+    """A prompt of invisible characters and spaces alone, flags aside, is refused as empty."""
+    with pytest.raises(PromptError) as caught:
+        parse(f"{before} {flags} {after}")
+    assert (caught.value.flag, caught.value.problem) == (None, "no prompt text")
+
+
+@PROPERTY
+@given(
+    parts=st.lists(
+        st.one_of(st.text(max_size=8), st.sampled_from(list(DROPPED + SILENT + BIDI_OVERRIDES))),
+        max_size=20,
+    ).map("".join)
+)
+def test_accepted_text_holds_no_bidi_control_or_hidden_character(parts: str) -> None:
+    """No accepted prompt or negative prompt holds a bidi control or a character the
+    parser drops, and a bidi override is never accepted."""
+    try:
+        spec = parse(parts + " --no " + parts)
+    except PromptError:
+        return
+    for text in (spec.prompt, spec.negative_prompt):
+        assert not set(text) & set(DROPPED + BIDI_OVERRIDES)
+        assert all(not is_invisible(word[0]) for word in text.replace(",", " ").split())
+
+
+@PROPERTY
+@given(case=valid_prompts(), data=st.data())
+def test_look_alike_dashes_and_fullwidth_flags_read_as_ascii(
+    case: tuple[str, PromptLimits], data: st.DataObject
+) -> None:
+    """A prompt whose flags are written with any look-alike dash, a fullwidth name or
+    an invisible character in front parses exactly as with ASCII flags."""
+    text, limits = case
+    rewritten = []
+    for token in text.split():
+        if is_flag_like(token):
+            name = token[1:] if token[0] in LONG_DASHES else token[2:]
+            lead = data.draw(st.sampled_from(["", "\u200b", "\u200d", "\ufeff"]))
+            prefix = data.draw(st.sampled_from(PREFIXES))
+            token = lead + prefix + data.draw(st.sampled_from([name, widen(name)]))
+        rewritten.append(token)
+    assert outcome(" ".join(rewritten), limits) == outcome(text, limits)
+
+
+def outcome(text: str, limits: PromptLimits) -> JobSpec | tuple[str | None, str]:
+    """The spec, or the flag and problem of the refusal."""
+    try:
+        return parse(text, limits)
+    except PromptError as refused:
+        return refused.flag, refused.problem
+
+
+def folded(token: str) -> str:
+    """A token as it looks: compatibility forms as ASCII, every look-alike dash as one."""
+    token = unicodedata.normalize("NFKC", token).lstrip("".join(INVISIBLE))
+    return token.translate({ord(c): "-" for c in HYPHENS} | {ord(c): "—" for c in LONG_DASHES})
+
+
+@PROPERTY
+@given(
+    text=st.lists(
+        st.one_of(
+            words,
+            st.builds(
+                lambda lead, prefix, name: lead + prefix + name,
+                st.sampled_from(["", "\u200b", "\u200d", "\u2066", "\ufe0f"]),
+                st.sampled_from([*PREFIXES, "-", "〜〜", "゠", "ｰｰ", "\u2043\u2043"]),
+                st.sampled_from(
+                    ["seed", "ｓｅｅｄ", "FAST", "ｆａｓｔ", "xyz", "ｘ", "シード", "1"]
+                ),
+            ),
+        ),
+        max_size=10,
+    ).map(" ".join)
+)
+def test_no_flag_is_kept_as_prompt_text(text: str) -> None:
+    """Whatever dash or width a flag is written with, it is read as a flag or refused,
+    never kept in the prompt text."""
+    try:
+        spec = parse(text)
+    except PromptError:
+        return
+    for token in spec.prompt.split():
+        shown = folded(token)
+        assert not (shown.startswith("--") or shown.startswith("—")) or set(shown) <= set("-—")

@@ -1,7 +1,9 @@
-"""Follow-up jobs from a finished grid: variation, upscale and reroll, on the real engine."""
+"""On the real engine: follow-up jobs from a finished grid (variation, upscale and
+reroll), and jobs a crash left recorded but never queued."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,10 +12,15 @@ import pytest
 from PIL import Image
 
 from backend.app import Backend, open_backend
+from backend.clock import monotonic_s
 from backend.errors import BadInputError
 from backend.models import JobSpec
 from backend.service import JobKind
 from config.settings import load_settings
+from storage.db import Database
+
+# Waiting longer than this for the tiny model's jobs is a hang, not slowness.
+HANG_S = 60.0
 
 
 @pytest.fixture
@@ -73,3 +80,24 @@ async def test_follow_up_of_missing_or_unfinished_job_is_refused(app: Backend) -
     parent = await finished_job(app)
     with pytest.raises(BadInputError, match=r"sample index must be 0\.\.1"):
         await app.service.derive(parent, JobKind.VARIATION, user_id=1, index=2)
+
+
+async def test_a_job_recorded_but_never_queued_runs_after_a_restart(engine_env: Path) -> None:
+    """A crash between recording a job and queuing it leaves it submitted, counted
+    against the user's queue cap for good; the next start queues it, it runs, and it
+    stops counting."""
+    settings = load_settings()
+    spec = JobSpec(prompt="a lighthouse", seed=5, width=64, height=64, n=1, steps=2)
+    async with Database.open(settings.database_path) as db:
+        await db.jobs.insert("cut-short", 8, spec.to_json(), "realtime", meta={"speed": "fast"})
+        assert await db.jobs.count_waiting(8) == 1
+    async with open_backend(settings) as app:
+        row = await app.db.jobs.get("cut-short")
+        assert row is not None and row.state != "submitted"
+        deadline = monotonic_s() + HANG_S
+        while (row := await app.db.jobs.get("cut-short")) is not None and row.state != "succeeded":
+            assert row.state in ("queued", "running"), row.error
+            assert monotonic_s() < deadline, "the reconciled job did not finish"
+            await asyncio.sleep(0.05)
+        assert await app.db.jobs.count_waiting(8) == 0
+        assert len(await app.db.images.list_for_job("cut-short")) == 2

@@ -15,6 +15,8 @@ from backend.errors import BadInputError, RefusedError
 from backend.models import JobSpec, Lane, Speed
 from backend.queue.memory import MemoryQueue
 from config.settings import load_settings
+from storage.db import Database
+from tests.conftest import REDIS_URL
 
 
 @pytest.fixture
@@ -107,6 +109,44 @@ async def test_reconcile_re_enqueues_what_the_queue_lost(app: Backend) -> None:
     assert lease is not None and lease.job.id == first.id and lease.job.meta["speed"] == "fast"
 
 
+async def test_a_job_recorded_but_never_queued_is_queued_at_the_next_start(
+    engine_env: Path,
+) -> None:
+    """A crash between recording a job and queuing it leaves it submitted; the next
+    start queues it, so a device takes it and it does not hold the user's queue cap
+    forever."""
+    settings = load_settings()
+    async with Database.open(settings.database_path) as db:
+        await db.jobs.insert("cut-short", 40, spec(steps=4).to_json(), Lane.REALTIME.value)
+    async with open_backend(settings, local_worker=False) as app:
+        row = await app.db.jobs.get("cut-short")
+        assert row is not None and row.state == "queued"
+        lease = await app.queue.claim("w", lease_s=10)
+        assert lease is not None and lease.job.id == "cut-short"
+        assert lease.job.lane is Lane.REALTIME and lease.job.cost_s > 0
+        assert await app.service.reconcile() == 0  # the queue has it now
+
+
+async def test_a_job_that_cannot_be_rebuilt_fails_instead_of_stopping_the_start(
+    engine_env: Path,
+) -> None:
+    """A stored job whose model left the settings fails with the reason at start-up
+    (submitted or queued alike) and no longer counts against its user's queue cap."""
+    settings = load_settings()
+    gone = spec(model="retired").to_json()
+    async with Database.open(settings.database_path) as db:
+        await db.jobs.insert("never-queued", 41, gone, Lane.REALTIME.value)
+        await db.jobs.insert("was-queued", 41, gone, Lane.REALTIME.value)
+        await db.jobs.mark_queued("was-queued")
+    async with open_backend(settings, local_worker=False) as app:
+        for job_id in ("never-queued", "was-queued"):
+            row = await app.db.jobs.get(job_id)
+            assert row is not None and row.state == "failed"
+            assert row.error is not None and "retired" in row.error
+        assert await app.db.jobs.count_waiting(41) == 0
+        assert await app.queue.depth() == 0
+
+
 async def test_queued_job_has_a_position_and_an_eta_from_the_work_ahead(app: Backend) -> None:
     """Each queued job reports its place in its lane and a start estimate that grows
     with the work ahead of it; the queued event carries the estimate."""
@@ -137,3 +177,42 @@ async def test_device_delay_and_learned_bias_shape_the_eta(app: Backend) -> None
         app.service.job_started(job, 9.5)
     later = await app.service.status(job.id)
     assert later is not None and later.start_in_s == pytest.approx(9.0, rel=0.05)
+
+
+async def test_a_lease_nobody_here_renews_counts_in_the_eta(
+    engine_env: Path, monkeypatch: pytest.MonkeyPatch, redis_namespace: str
+) -> None:
+    """In Redis mode, a free user's running slot held by another process's worker (dead,
+    for all this process knows) delays their next job by the whole lease and the held
+    job's rerun; a job this process's worker holds does not."""
+    monkeypatch.setenv("IMAGINE_QUEUE__BACKEND", "redis")
+    monkeypatch.setenv("IMAGINE_QUEUE__REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("IMAGINE_QUEUE__NAMESPACE", redis_namespace)
+    monkeypatch.setenv("IMAGINE_QUEUE__LEASE_S", "45")
+    async with open_backend(load_settings(), local_worker=False) as app:
+        held = await app.service.submit(spec(steps=4), user_id=50)
+        assert held.max_running == 1
+        lease = await app.queue.claim("another-host:cuda:0", lease_s=45)
+        assert lease is not None and lease.job.id == held.id
+        await app.db.jobs.claim_attempt(held.id, lease.attempt, lease.token)
+        waiting = await app.service.submit(spec(steps=4), user_id=50)
+        status = await app.service.status(waiting.id)
+        assert status is not None and status.position == 0
+        assert status.start_in_s == pytest.approx(45.0 + held.cost_s)
+        other_user = await app.service.submit(spec(steps=4, seed=2), user_id=51)
+        assert (await app.service.status(other_user.id)).start_in_s < 45.0  # type: ignore[union-attr]
+        app.service.held_here = lambda job_id: job_id == held.id
+        status = await app.service.status(waiting.id)
+        assert status is not None and status.start_in_s < 45.0
+
+
+async def test_in_memory_mode_a_running_job_never_counts_as_a_stalled_lease(app: Backend) -> None:
+    """The memory queue's leases are all this process's, so a running job of the user
+    adds no lease time to their next job's estimate."""
+    held = await app.service.submit(spec(steps=4), user_id=52)
+    lease = await app.queue.claim("w", lease_s=45)
+    assert lease is not None and lease.job.id == held.id
+    await app.db.jobs.claim_attempt(held.id, lease.attempt, lease.token)
+    waiting = await app.service.submit(spec(steps=4), user_id=52)
+    status = await app.service.status(waiting.id)
+    assert status is not None and status.start_in_s < 45.0

@@ -63,3 +63,15 @@ def test_degrade_override_is_set_shown_and_cleared(
     assert "normal, light, medium, heavy" in capsys.readouterr().err
     assert main(["degrade", "clear"]) == 0
     assert "level normal (no override)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("actor", [str(2**64), "-1"])
+def test_degrade_actor_out_of_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], actor: str
+) -> None:
+    """An --actor id SQLite cannot hold is refused in one line before the database exists."""
+    monkeypatch.setenv("IMAGINE_DATA_DIR", str(tmp_path / "data"))
+    assert main(["degrade", "set", "heavy", "--actor", actor]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--actor" in error and error.count("\n") == 0
+    assert not (tmp_path / "data").exists()

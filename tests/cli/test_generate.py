@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import logging
 import os
+import re
 import sqlite3
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +18,11 @@ import pytest
 from PIL import Image
 
 from backend.events.base import EventKind, JobEvent
+from backend.models import SCHEDULER_NAMES
+from backend.prompt import KNOWN_FLAGS
 from cli import main
-from cli.generate import ProgressView
+from cli.generate import ProgressView, copy_atomic
+from config.logging import configure_logging
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -99,23 +106,71 @@ def test_unknown_model_lists_available(
 
 @pytest.mark.parametrize("where", ["missing", "unwritable", "directory"])
 def test_bad_output_path_exits_2(
-    engine_env: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    where: str,
+    engine_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
 ) -> None:
     """An output in a missing or unwritable directory, or a directory, is refused up front."""
     target = {
         "missing": tmp_path / "nowhere" / "out.png",
-        "unwritable": tmp_path / "out.png",
+        # No file can be created in /proc, whoever asks (os.access says yes to root).
+        "unwritable": Path("/proc/out.png"),
         "directory": tmp_path,
     }[where]
-    if where == "unwritable":
-        monkeypatch.setattr("cli.generate.os.access", lambda *_args: False)
     assert main(["generate", "a cat", "-o", str(target)]) == 2
     assert "output" in capsys.readouterr().err
     assert not (engine_env / "imagine.db").exists()
+
+
+def test_output_that_cannot_be_written_is_not_delivered(
+    engine_env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A grid that cannot be copied to -o (the disk fills up) exits 1 in one line naming
+    the stored grid; the job is not marked delivered and no partial file is left."""
+
+    def disk_full(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("cli.generate.shutil.copyfileobj", disk_full)
+    out = tmp_path / "out.png"
+    assert main(["generate", "a cat --n 1 --seed 5", "-o", str(out)]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("imagine: failed: could not write") and "No space left" in error
+    assert "not marked delivered" in error
+    assert not [p for p in tmp_path.iterdir() if "out.png" in p.name]
+    with sqlite3.connect(engine_env / "imagine.db") as db:
+        state, delivered = db.execute("SELECT state, delivered_at_ms FROM jobs").fetchone()
+    assert state == "succeeded" and delivered is None
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_output_mode_follows_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    """The copied grid gets the mode of any new file under the umask (mkstemp's is 0600)."""
+    source = tmp_path / "grid.png"
+    source.write_bytes(b"png bytes")
+    previous = os.umask(umask)
+    try:
+        copy_atomic(source, tmp_path / "out.png")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == mode
+    assert (tmp_path / "out.png").read_bytes() == b"png bytes"
+
+
+def test_help_lists_the_prompt_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    """`imagine generate --help` lists every flag of the prompt language and every
+    scheduler name."""
+    with pytest.raises(SystemExit) as exited:
+        main(["generate", "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    flags = text[text.index("prompt flags") :]
+    for flag in KNOWN_FLAGS:
+        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", flags), flag
+    for name in SCHEDULER_NAMES:
+        assert name in flags
+    assert max(len(line) for line in flags.splitlines()) <= 79
 
 
 class _Terminal(io.StringIO):
@@ -134,6 +189,39 @@ def test_terminal_gets_a_bar_with_steps_and_eta() -> None:
     assert "\r[##--------] 1/4 steps ETA  3.0s" in text
     assert "\r[##########] 4/4 steps ETA  0.0s" in text
     assert text.endswith("\n")
+
+
+def test_bar_is_drawn_full_before_the_last_log_line() -> None:
+    """When the job succeeds the bar is drawn at its end, and its line ended, before the
+    job_succeeded line (the last step's progress may never be published)."""
+    stream = _Terminal()
+    configure_logging("info", "console", stream)
+    try:
+        with ProgressView(stream, width=10) as view:
+            view.show(JobEvent("j", EventKind.STEP, 3, 4, eta_s=1.0))
+            view.show(JobEvent("j", EventKind.SUCCEEDED))
+    finally:
+        configure_logging("info", "json")
+    lines = stream.getvalue().rstrip("\n").split("\n")
+    assert lines[-2].endswith("\r[##########] 4/4 steps ETA  0.0s  ")
+    assert "job_succeeded" in lines[-1]
+
+
+def test_log_lines_never_land_inside_the_bar() -> None:
+    """A record logged (from any logger) while the bar is drawn starts on its own line."""
+    stream = _Terminal()
+    configure_logging("info", "console", stream)
+    try:
+        with ProgressView(stream, width=10) as view:
+            view.show(JobEvent("j", EventKind.STEP, 1, 4, eta_s=3.0))
+            logging.getLogger("backend.worker").info("job_finished")
+            view.show(JobEvent("j", EventKind.STEP, 2, 4, eta_s=2.0))
+    finally:
+        configure_logging("info", "json")
+    lines = stream.getvalue().split("\n")
+    assert lines[0] == "\r[##--------] 1/4 steps ETA  3.0s  "
+    assert "job_finished" in lines[1] and "steps" not in lines[1]
+    assert lines[2] == "\r[#####-----] 2/4 steps ETA  2.0s  "
 
 
 def test_pipe_gets_no_bar() -> None:

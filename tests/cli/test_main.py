@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
+from backend.errors import BackendError, BadInputError
 from cli import main
+from cli.common import checked_user_id, run_command, settings_for
+from config.logging import REDACTED, redact_text
+from storage.errors import DataDirError
 
 
 def test_help_lists_every_group_in_order(capsys: pytest.CaptureFixture[str]) -> None:
@@ -39,3 +44,41 @@ def test_bad_setting_from_environment_exits_2(
     monkeypatch.setenv("IMAGINE_LOG__LEVEL", "loud")
     assert main(["config", "show"]) == 2
     assert "log.level='loud'" in capsys.readouterr().err
+
+
+def test_error_lines_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    """A failure's one line never shows credentials, e.g. of a Redis URL it names."""
+
+    def fails(_args: argparse.Namespace) -> int:
+        raise BackendError("cannot reach redis://:hunter2@cache:6379/0")
+
+    assert run_command(argparse.Namespace(func=fails)) == 1
+    error = capsys.readouterr().err
+    assert "hunter2" not in error and "cache:6379/0" in error
+
+
+def test_unusable_storage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unusable data directory or database file is an operator's error: status 2."""
+
+    def fails(_args: argparse.Namespace) -> int:
+        raise DataDirError(Path("/data"), "is not writable (Read-only file system)")
+
+    assert run_command(argparse.Namespace(func=fails)) == 2
+    assert capsys.readouterr().err.startswith("imagine: error: data directory /data")
+
+
+def test_redis_password_is_registered_as_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the settings registers the Redis password, so a log line or an exception
+    showing it bare (not inside a URL) is redacted too."""
+    monkeypatch.setenv("IMAGINE_QUEUE__REDIS_URL", "redis://default:s3cret-pw@cache:6379/0")
+    settings_for(argparse.Namespace())
+    assert redact_text("AUTH s3cret-pw failed") == f"AUTH {REDACTED} failed"
+
+
+def test_user_ids_span_sqlite_integers() -> None:
+    """User ids run from 0 to 2**63-1 (SQLite's INTEGER); beyond, or negative, is bad input."""
+    assert checked_user_id(0, "--user-id") == 0
+    assert checked_user_id(2**63 - 1, "--user-id") == 2**63 - 1
+    for bad in (2**63, 2**64, -1):
+        with pytest.raises(BadInputError, match="--user-id"):
+            checked_user_id(bad, "--user-id")

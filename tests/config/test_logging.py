@@ -93,3 +93,24 @@ def test_is_terminal_only_for_a_live_tty() -> None:
     assert not is_terminal(io.StringIO())
     assert not is_terminal(closed)
     assert not is_terminal(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_secrets_are_redacted_in_tracebacks(fmt: str) -> None:
+    """A registered secret, a bot token and URL credentials inside an exception's text are
+    redacted in the rendered traceback, for structlog and stdlib records, in both formats."""
+    register_secret("hunter2-password")
+    stream = io.StringIO()
+    configure_logging("info", fmt, stream)
+    try:
+        raise ConnectionError(
+            f"AUTH hunter2-password refused at redis://:pw-in-url@cache:6379 for {BOT_TOKEN}"
+        )
+    except ConnectionError:
+        structlog.get_logger("t").exception("redis_failed")
+        logging.getLogger("redis.connection").exception("connection lost")
+    output = stream.getvalue()
+    assert output.count("ConnectionError") >= 2  # both tracebacks were rendered
+    for secret in ("hunter2-password", "pw-in-url", BOT_TOKEN):
+        assert secret not in output
+    assert output.count(REDACTED) >= 6

@@ -118,6 +118,46 @@ def test_mask_url_keeps_urls_without_credentials() -> None:
     assert mask_url("redis://:pw@h:1/0") == f"redis://{MASK}@h:1/0"
 
 
+def test_empty_data_dir_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IMAGINE_DATA_DIR set but empty (or blank, in the file too) is an error, not "."."""
+    monkeypatch.setenv("IMAGINE_DATA_DIR", "")
+    with pytest.raises(SettingsError, match=r"data_dir='' \(IMAGINE_DATA_DIR\): must not be empty"):
+        load_settings()
+    monkeypatch.delenv("IMAGINE_DATA_DIR")
+    config = tmp_path / "c.toml"
+    config.write_text('data_dir = "  "\n')
+    with pytest.raises(SettingsError, match="must not be empty"):
+        load_settings(config)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://:hunter2@cache:6379/0", "cache:6379", "hunter2@cache", "redis:/cache"]
+)
+def test_redis_url_with_a_wrong_scheme_is_refused(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """A Redis URL that is not redis://, rediss:// or unix:// fails as the settings load,
+    in one line that names the key and never shows the URL."""
+    monkeypatch.setenv("IMAGINE_QUEUE__REDIS_URL", url)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "queue.redis_url" in message and "redis://, rediss://, unix://" in message
+    assert "hunter2" not in message and "cache" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://:pw@cache:6379/0", "rediss://cache:6380", "unix:///run/redis.sock", "REDIS://h"],
+)
+def test_redis_url_schemes_redis_understands_load(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """redis://, rediss:// and unix:// URLs (any case) are accepted unchanged."""
+    monkeypatch.setenv("IMAGINE_QUEUE__REDIS_URL", url)
+    assert load_settings().queue.redis_url.get_secret_value() == url
+
+
 def _keys(data: dict[str, object], prefix: str = "") -> set[str]:
     keys: set[str] = set()
     for key, value in data.items():

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from storage.db import Database
+from storage.errors import (
+    DatabaseFileError,
+    DatabaseTooNewError,
+    DataDirError,
+    UnusableStorageError,
+)
 from storage.migrate import current_version, discover
 
 
@@ -34,6 +41,65 @@ async def test_open_without_migrate_leaves_schema_alone(tmp_path: Path) -> None:
     """migrate=False opens the database at whatever version it is."""
     async with Database.open(tmp_path / "x.db", migrate=False) as db:
         assert await current_version(db.connection) == 0
+
+
+async def test_open_leaves_no_probe_behind(tmp_path: Path) -> None:
+    """The write probe of the data directory is removed: only the database's files remain."""
+    async with Database.open(tmp_path / "imagine.db"):
+        pass
+    assert not [p.name for p in tmp_path.iterdir() if not p.name.startswith("imagine.db")]
+
+
+@pytest.mark.parametrize(
+    ("where", "problem"),
+    [
+        ("file", "is a file, not a directory"),
+        ("file/sub", "cannot be created (Not a directory)"),
+        ("/proc/imagine", "is inside /proc or /sys"),
+    ],
+)
+async def test_unusable_data_dir_is_refused(tmp_path: Path, where: str, problem: str) -> None:
+    """A data directory that is a file, lies under one, or lies in /proc raises DataDirError
+    naming it, and nothing is created."""
+    (tmp_path / "file").write_bytes(b"")
+    directory = tmp_path / where
+    with pytest.raises(DataDirError) as caught:
+        async with Database.open(directory / "imagine.db"):
+            pass
+    assert caught.value.path == directory and problem in str(caught.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+@pytest.mark.parametrize("content", [b"GIF89a not a database at all" * 8, b"\x00" * 4096])
+async def test_file_that_is_not_sqlite_is_refused_untouched(tmp_path: Path, content: bytes) -> None:
+    """A database file that is not SQLite raises DatabaseFileError; its bytes stay as they
+    were and no journal appears beside it."""
+    path = tmp_path / "imagine.db"
+    path.write_bytes(content)
+    with pytest.raises(DatabaseFileError, match="file is not a database"):
+        async with Database.open(path):
+            pass
+    assert path.read_bytes() == content
+    assert [p.name for p in tmp_path.iterdir()] == ["imagine.db"]
+
+
+async def test_directory_in_place_of_the_database_is_refused(tmp_path: Path) -> None:
+    """A directory where the database file belongs raises DatabaseFileError."""
+    (tmp_path / "imagine.db").mkdir()
+    with pytest.raises(DatabaseFileError, match="Is a directory"):
+        async with Database.open(tmp_path / "imagine.db"):
+            pass
+
+
+async def test_newer_database_is_an_unusable_storage_error(tmp_path: Path) -> None:
+    """A database from a newer version is refused as unusable storage (status 2 at the
+    command line), like the other unusable-file cases."""
+    with sqlite3.connect(tmp_path / "imagine.db") as conn:
+        conn.execute("PRAGMA user_version = 999")
+    with pytest.raises(DatabaseTooNewError) as caught:
+        async with Database.open(tmp_path / "imagine.db"):
+            pass
+    assert isinstance(caught.value, UnusableStorageError)
 
 
 async def test_wal_foreign_keys_and_busy_timeout_are_on(db: Database) -> None:

@@ -76,9 +76,13 @@ class JobLedger(Protocol):
     ``tests/backend/worker/test_ledger_contract.py``. Calls that change a job the ledger
     does not know raise :class:`UnknownJobError`; progress, which stays cheap, ignores it."""
 
-    async def claimed(self, attempt: Attempt) -> None:
+    async def claimed(self, attempt: Attempt) -> bool:
         """The attempt took the job: it is running, and its attempts count one more.
-        Ignored if the job is running under a later attempt."""
+
+        Returns whether the attempt may run the job: True once the claim is recorded
+        (also for the same claim again); False, recording nothing, if the job is
+        finished (an earlier attempt's result was recorded after its lease lapsed) or
+        running under a later attempt. A worker drops a job it may not run."""
         ...
 
     async def checkpoint(self, job_id: str) -> bytes | None:

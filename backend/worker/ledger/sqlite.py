@@ -57,11 +57,15 @@ class SqliteLedger:
         self._clock = clock
         self._progress: dict[str, _Progress] = {}
 
-    async def claimed(self, attempt: Attempt) -> None:
-        """Record the claim: the job is running, one more attempt counted."""
-        self._progress.pop(attempt.job_id, None)
+    async def claimed(self, attempt: Attempt) -> bool:
+        """Record the claim: the job is running, one more attempt counted; whether the
+        attempt may run it."""
+        jobs = self._db.jobs
         with _known(attempt.job_id):
-            await self._db.jobs.claim_attempt(attempt.job_id, attempt.number, attempt.token)
+            if await jobs.claim_attempt(attempt.job_id, attempt.number, attempt.token):
+                self._progress.pop(attempt.job_id, None)
+                return True
+            return await jobs.runs_under(attempt.job_id, attempt.token)
 
     async def checkpoint(self, job_id: str) -> bytes | None:
         """The checkpoint SQLite keeps for the job, if any."""

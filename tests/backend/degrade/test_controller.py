@@ -3,20 +3,25 @@ and sent to subscribers, and the override and automatic levels shared between ho
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from backend.degrade.base import LevelStore
 from backend.degrade.controller import DegradeController
 from backend.degrade.ladder import Level, Transition
 from backend.degrade.memory import MemoryLevelStore
-from backend.degrade.records import Cleared, HostLoad, Override
+from backend.degrade.records import OVERRIDE_KEY, Cleared, HostLoad, Override
 from backend.degrade.redis import RedisLevelStore
+from backend.errors import BackendError
 from config.settings import Settings, load_settings
 from storage.db import Database
+from storage.errors import StorageError
+from tests.backend.degrade.conftest import StoppableRedis
 from tests.backend.degrade.test_ladder import PRESSURE, SHORT_QUEUE, STEADY
 from tests.fakes import FakeClock
 
@@ -242,6 +247,77 @@ async def test_a_lost_shared_override_is_put_back(
         await controller.pull()
         assert await store.read_override() == controller.override
         assert controller.level is Level.HEAVY
+
+
+async def test_a_change_the_store_cannot_take_applies_nothing_anywhere(
+    tmp_path: Path, stoppable_redis: StoppableRedis
+) -> None:
+    """With Redis stopped, a failed set or clear leaves this process, SQLite and Redis
+    as they were, so no later start copies the failed change to any host."""
+    settings, clock = load_settings(), FakeClock(start_ms=0).monotonic
+    async with Database.open(tmp_path / "x.db") as db:
+        async with Redis.from_url(stoppable_redis.url) as client:
+            first = controller_for(settings, db, clock, RedisLevelStore(client, "x"), "a")
+            await first.load()
+            stoppable_redis.stop()
+            with pytest.raises(BackendError, match="degradation level store"):
+                await first.set_override(Level.HEAVY, 42)
+            assert (first.level, first.override) == (Level.NORMAL, None)
+            assert await db.state.get(OVERRIDE_KEY) is None
+        stoppable_redis.start()
+        async with Redis.from_url(stoppable_redis.url) as client:
+            store = RedisLevelStore(client, "x")
+            assert await store.read_override() is None
+            second = controller_for(settings, db, clock, store, "b")
+            await second.load()
+            assert (second.level, second.override) == (Level.NORMAL, None)
+            await second.set_override(Level.MEDIUM, 7)
+            pinned = second.override
+        stoppable_redis.stop()
+        with pytest.raises(BackendError, match="degradation level store"):
+            await second.clear_override(8)
+        assert second.override == pinned
+        stoppable_redis.start()
+        async with Redis.from_url(stoppable_redis.url) as client:
+            store = RedisLevelStore(client, "x")
+            assert pinned is not None and await store.read_override() == pinned
+            assert await db.state.get(OVERRIDE_KEY) == pinned.to_dict()
+            third = controller_for(settings, db, clock, store, "c")
+            await third.load()
+            assert third.override == pinned
+
+
+async def test_a_failed_database_write_puts_the_shared_record_back(
+    tmp_path: Path,
+    redis_client: Redis,
+    redis_namespace: str,
+    logs: list[MutableMapping[str, Any]],
+) -> None:
+    """When SQLite refuses the write after Redis took it, Redis gets its previous record
+    back: the other hosts never adopt a change that was reported as failed."""
+    store = RedisLevelStore(redis_client, redis_namespace)
+    async with Database.open(tmp_path / "x.db") as db:
+        controller = controller_for(
+            load_settings(), db, FakeClock(start_ms=0).monotonic, store, "a"
+        )
+        await controller.set_override(Level.LIGHT, 1)
+        earlier = controller.override
+        async with db.transaction() as conn:
+            for change in ("INSERT", "UPDATE", "DELETE"):
+                await conn.execute(
+                    f"CREATE TRIGGER refuse_{change.lower()} BEFORE {change} ON service_state"
+                    " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+                )
+        with pytest.raises((sqlite3.DatabaseError, StorageError), match="disk full"):
+            await controller.set_override(Level.HEAVY, 2)
+        assert await store.read_override() == earlier
+        with pytest.raises((sqlite3.DatabaseError, StorageError), match="disk full"):
+            await controller.clear_override(3)
+        assert await store.read_override() == earlier
+        assert controller.override == earlier
+        assert earlier is not None and await db.state.get(OVERRIDE_KEY) == earlier.to_dict()
+    undone = [entry for entry in logs if entry["event"] == "degrade_override_undone"]
+    assert len(undone) == 2
 
 
 async def test_the_automatic_level_is_the_highest_of_the_live_hosts(

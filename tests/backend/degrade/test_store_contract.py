@@ -67,6 +67,26 @@ async def test_seeding_writes_only_into_an_empty_store(store: LevelStore) -> Non
     assert await store.read_override() == Cleared(3, 30)
 
 
+async def test_an_undo_restores_the_previous_record_only_over_its_own(
+    store: LevelStore,
+) -> None:
+    """An undo puts the previous record back (or none) while the store still holds the
+    written one, and leaves a record written since in place."""
+    earlier, pin = Override(Level.LIGHT, 1, 10), Override(Level.HEAVY, 2, 20)
+    await store.write_override(earlier)
+    await store.write_override(pin)
+    assert await store.undo_override(pin, earlier) is True
+    assert await store.read_override() == earlier
+    assert await store.undo_override(pin, None) is False
+    assert await store.read_override() == earlier
+    await store.write_override(pin)
+    await store.write_override(Cleared(3, 30))
+    assert await store.undo_override(pin, earlier) is False
+    assert await store.read_override() == Cleared(3, 30)
+    assert await store.undo_override(Cleared(3, 30), None) is True
+    assert await store.read_override() is None
+
+
 async def test_published_loads_round_trip_and_replace_the_last(store: LevelStore) -> None:
     """Each process's latest load is read back as published, keyed by its id."""
     other = HostLoad(Level.NORMAL, LoadSample(3, 0.5, 0.0), 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -89,3 +90,90 @@ def test_batch_key_names_the_model_and_latent_shape(runtime: ModelRuntime) -> No
     key = core.key
     assert isinstance(key, BatchKey)
     assert (key.model, key.channels, key.latent_height, key.latent_width) == ("tiny", 4, 8, 16)
+
+
+def test_a_state_that_cannot_be_saved_fails_that_job_alone(
+    runtime: ModelRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evicting a job whose state cannot be saved fails it with the reason; a job evicted
+    beside it keeps its checkpoint and the job left running goes on to finish."""
+    core = BatchCore(lambda _name: runtime)
+    for job_id, seed in (("broken", 1), ("saved", 2), ("running", 3)):
+        core.submit(Request(job_id, replace(SPEC, seed=seed, steps=4)))
+    core.step()
+    (broken,) = [job for job in core.running if job.job_id == "broken"]
+
+    def refuse() -> None:
+        raise RuntimeError("state refused (simulated)")
+
+    monkeypatch.setattr(broken, "state", refuse)
+    core.evict("broken")
+    core.evict("saved")
+    events = {e.job_id: e for e in core.step() if e.outcome is not Outcome.PROGRESS}
+    assert events["broken"].outcome is Outcome.FAILED
+    assert "checkpoint could not be saved" in (events["broken"].error or "")
+    assert "state refused" in (events["broken"].error or "")
+    assert events["saved"].outcome is Outcome.EVICTED and events["saved"].checkpoint
+    assert [job.job_id for job in core.running] == ["running"]
+    log = drain(core)
+    assert log[-1][:2] == ("running", Outcome.FINISHED)
+    assert not any(outcome is Outcome.FAILED for _, outcome, _ in log)
+
+
+def oom_above(
+    jobs_allowed: int, calls: list[int], monkeypatch: pytest.MonkeyPatch, *, times: int = 10**6
+) -> None:
+    """Make steps of more than ``jobs_allowed`` jobs run out of memory, ``times`` times;
+    record the job count of each step tried in ``calls``."""
+    real_step = batch_module.denoise_step
+    left = [times]
+
+    def step_or_oom(rt: ModelRuntime, jobs: list[ActiveJob]) -> dict[str, Exception]:
+        calls.append(len(jobs))
+        if len(jobs) > jobs_allowed and left[0] > 0:
+            left[0] -= 1
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_step(rt, jobs)
+
+    monkeypatch.setattr(batch_module, "denoise_step", step_or_oom)
+
+
+KEY = BatchKey("tiny", 4, 8, 8)
+
+
+def test_row_cap_probes_back_up_once_memory_is_back(
+    runtime: ModelRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After one out-of-memory split, every two steps that fill the lowered cap raise it
+    by a job, back to the configured max; every job finishes."""
+    calls: list[int] = []
+    oom_above(2, calls, monkeypatch, times=1)
+    core = BatchCore(lambda _name: runtime, BatchLimits(max_rows=8, probe_after_steps=2))
+    for index in range(4):
+        core.submit(Request(f"j{index}", replace(SPEC, seed=index, steps=5)))
+    core.step()
+    assert core.limits.rows_for(KEY) == 4
+    log = drain(core)
+    assert calls[:6] == [4, 2, 2, 3, 3, 4]
+    assert KEY not in core.limits.rows_by_key and core.limits.rows_for(KEY) == 8
+    assert sum(outcome is Outcome.FINISHED for _, outcome, _ in log) == 4
+    assert not any(outcome is Outcome.FAILED for _, outcome, _ in log)
+
+
+def test_a_probe_that_runs_out_of_memory_falls_back_and_waits_longer(
+    runtime: ModelRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While memory stays short, a raised cap that runs out of memory falls back to the
+    cap that worked, and each next probe waits twice as many full steps."""
+    calls: list[int] = []
+    oom_above(2, calls, monkeypatch)
+    core = BatchCore(lambda _name: runtime, BatchLimits(max_rows=8, probe_after_steps=2))
+    for index in range(5):
+        core.submit(Request(f"j{index}", replace(SPEC, seed=index, steps=4)))
+    log = drain(core)
+    tries = [index for index, size in enumerate(calls) if size > 2]
+    full_steps_between = [later - earlier - 1 for earlier, later in itertools.pairwise(tries)]
+    assert full_steps_between[:2] == [2, 4]
+    assert core.limits.rows_for(KEY) == 4
+    assert sum(outcome is Outcome.FINISHED for _, outcome, _ in log) == 5
+    assert not any(outcome is Outcome.FAILED for _, outcome, _ in log)

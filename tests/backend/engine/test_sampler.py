@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+from collections.abc import Callable, MutableMapping
 from dataclasses import replace
 from typing import Any
 
@@ -17,7 +19,7 @@ from backend.engine.runtime import ModelRuntime
 from backend.engine.sampler import ActiveJob, Request, denoise_step, stock_generate
 from backend.engine.source import load_source_image
 from backend.errors import CheckpointError, JobError
-from backend.models import JobSpec
+from backend.models import SCHEDULER_NAMES, JobSpec
 
 EXACT_SCHEDULERS = ["euler", "euler_a", "dpmpp_2m", "lcm"]
 
@@ -67,9 +69,10 @@ def test_solo_job_matches_stock_pipeline(runtime: ModelRuntime, scheduler: str) 
     assert max_diff(pixels(event.images), stock_images(runtime, spec)) == 0
 
 
-@pytest.mark.parametrize("scheduler", EXACT_SCHEDULERS)
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 def test_resume_after_every_step_is_exact(runtime: ModelRuntime, scheduler: str) -> None:
-    """Evicted after any step k and resumed from bytes, a job ends with identical pixels."""
+    """With every scheduler the prompt offers, a job evicted after any step k and resumed
+    from bytes ends with identical pixels."""
     spec = make_spec(scheduler=scheduler, steps=4)
     reference = pixels(run_core(runtime, Request("ref", spec)).images)
     for k in range(1, spec.steps or 0):
@@ -229,3 +232,83 @@ def test_decoded_previews_every_n_steps(runtime: ModelRuntime) -> None:
             sizes[step] = image.size
     assert sizes == {1: (64, 64), 2: (64, 64), 3: (64, 64), 4: (64, 64)}
     assert decoded_at == [2, 4]
+
+
+def evicted_checkpoint(runtime: ModelRuntime, spec: JobSpec, steps_run: int) -> bytes:
+    core = BatchCore(lambda _name: runtime)
+    core.submit(Request("j", spec))
+    for _ in range(steps_run):
+        core.step()
+    core.evict("j")
+    (evicted,) = [e for e in core.step() if e.outcome is Outcome.EVICTED]
+    assert evicted.checkpoint is not None
+    return evicted.checkpoint
+
+
+def malformed_meta(blob: bytes) -> bytes:
+    """The same tensors, with a document that lacks the scheduler state."""
+    from safetensors.torch import load, save
+
+    tensors = load(blob)
+    meta = json.loads(bytes(tensors["__meta__"].tolist()))
+    del meta["scheduler"]
+    document = bytearray(json.dumps(meta).encode())
+    tensors["__meta__"] = torch.frombuffer(document, dtype=torch.uint8)
+    return bytes(save(tensors))
+
+
+BAD_CHECKPOINTS: dict[str, Callable[[bytes, bytes], bytes]] = {
+    "garbage": lambda good, other: b"\x00\xffnot a checkpoint at all",
+    "truncated": lambda good, other: good[: len(good) // 2],
+    "malformed": lambda good, other: malformed_meta(good),
+    "other_shape": lambda good, other: other,
+}
+QUARANTINE_SPEC = make_spec(steps=3, n=1)
+NEIGHBOUR_SPEC = make_spec(steps=2, n=1, seed=11, prompt="a red fox")
+
+
+def run_pair(runtime: ModelRuntime, checkpoint: bytes | None) -> tuple[BatchCore, dict[str, Any]]:
+    """The job "bad" (from ``checkpoint``) and "ok" submitted together; their events."""
+    core = BatchCore(lambda _name: runtime)
+    core.submit(Request("bad", QUARANTINE_SPEC), checkpoint)
+    core.submit(Request("ok", NEIGHBOUR_SPEC))
+    events: dict[str, list[Any]] = {"bad": [], "ok": []}
+    for _ in range(10):
+        for event in core.step():
+            events[event.job_id].append(event)
+    return core, events
+
+
+@pytest.fixture(scope="module")
+def quarantine_material(runtime: ModelRuntime) -> dict[str, Any]:
+    """A good checkpoint, one of another shape, and both jobs' pixels from a fresh run."""
+    _, fresh = run_pair(runtime, None)
+    return {
+        "good": evicted_checkpoint(runtime, QUARANTINE_SPEC, 1),
+        "other": evicted_checkpoint(runtime, replace(QUARANTINE_SPEC, width=128), 1),
+        "fresh": {job: pixels(events[-1].images) for job, events in fresh.items()},
+    }
+
+
+@pytest.mark.parametrize("kind", list(BAD_CHECKPOINTS))
+def test_unusable_checkpoint_is_quarantined_and_the_job_starts_over(
+    runtime: ModelRuntime,
+    kind: str,
+    quarantine_material: dict[str, Any],
+    logs: list[MutableMapping[str, Any]],
+) -> None:
+    """A checkpoint that cannot be loaded (garbage, truncated, malformed, another job's
+    shape) is dropped with a logged reason; that job starts over from step 0 to the
+    pixels of a fresh run, the job beside it is unaffected, and the device goes on."""
+    material = quarantine_material
+    core, events = run_pair(runtime, BAD_CHECKPOINTS[kind](material["good"], material["other"]))
+    started = next(e for e in events["bad"] if e.outcome is Outcome.STARTED)
+    assert started.step == 0 and started.quarantined
+    for job in ("bad", "ok"):
+        assert events[job][-1].outcome is Outcome.FINISHED
+        assert max_diff(pixels(events[job][-1].images), material["fresh"][job]) == 0
+    (entry,) = [e for e in logs if e["event"] == "checkpoint_quarantined"]
+    assert entry["job_id"] == "bad" and entry["reason"] == started.quarantined
+    core.submit(Request("later", NEIGHBOUR_SPEC))
+    later = [e for _ in range(5) for e in core.step() if e.outcome is Outcome.FINISHED]
+    assert [e.job_id for e in later] == ["later"]

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from backend.errors import QueueError
+from backend.errors import LeaseLostError, QueueError
 from backend.models import Job, JobSpec, Lane
-from backend.queue.base import JobQueue
+from backend.queue.base import JobQueue, Lease, LostBecause
 from backend.queue.memory import MemoryQueue
 from backend.queue.redis import RedisQueue
 from backend.scheduling.fairness import ClaimFilter
@@ -24,7 +24,7 @@ QueueFactory = Callable[[FakeClock], JobQueue]
 def _redis_queue(clock: FakeClock) -> JobQueue:
     """A queue over the test Redis, in a namespace of its own (purged after the test)."""
     namespace = f"test-{uuid.uuid4().hex[:12]}"
-    return RedisQueue.from_url(REDIS_URL, namespace=namespace, now_ms=clock.ms)
+    return RedisQueue.from_url(REDIS_URL, namespace=namespace, fake_now_ms=clock.ms)
 
 
 BACKENDS: dict[str, QueueFactory] = {
@@ -114,15 +114,21 @@ async def test_claimed_job_roundtrips_its_spec(queue: JobQueue) -> None:
     assert lease is not None and lease.job == job and lease.attempt == 1
 
 
-async def test_ack_forgets_and_stale_lease_is_refused(queue: JobQueue) -> None:
-    """After ack the job is gone and a second ack with the same lease fails."""
+async def test_ack_forgets_and_a_repeated_ack_changes_nothing(queue: JobQueue) -> None:
+    """After ack the job is gone; acking again (a retried call) is accepted and changes
+    nothing, while a renew or requeue of the finished job is refused."""
     await queue.enqueue(make_job("a"))
     lease = await queue.claim("w", lease_s=10)
     assert lease is not None
     await queue.ack(lease)
     assert await queue.depth() == 0
-    with pytest.raises(QueueError):
-        await queue.ack(lease)
+    await queue.ack(lease)
+    assert await queue.depth() == 0 and await queue.claim("w", lease_s=10) is None
+    with pytest.raises(LeaseLostError) as lost:
+        await queue.renew(lease, lease_s=10)
+    assert lost.value.reason is LostBecause.UNKNOWN and lost.value.job_id == "a"
+    with pytest.raises(LeaseLostError):
+        await queue.requeue(lease, checkpoint=b"state")
 
 
 async def test_expired_lease_is_reclaimed_and_old_holder_refused(
@@ -135,8 +141,108 @@ async def test_expired_lease_is_reclaimed_and_old_holder_refused(
     clock.advance(6_000)
     second = await queue.claim("w2", lease_s=5)
     assert second is not None and second.job.id == "a" and second.attempt == 2
-    with pytest.raises(QueueError):
+    with pytest.raises(LeaseLostError) as lost:
         await queue.renew(first, lease_s=5)
+    assert lost.value.reason is LostBecause.SUPERSEDED
+    assert isinstance(lost.value, QueueError)
+
+
+async def expire_unreclaimed(queue: JobQueue, clock: FakeClock, job_id: str = "a") -> Lease:
+    """A lease on ``job_id`` that has expired, with no claim or peek since."""
+    await queue.enqueue(make_job(job_id, user_id=1, max_running=1))
+    lease = await queue.claim("w1", lease_s=5)
+    assert lease is not None and lease.job.id == job_id
+    clock.advance(6_000)
+    return lease
+
+
+async def test_late_ack_of_an_expired_lease_is_accepted(queue: JobQueue, clock: FakeClock) -> None:
+    """An ack after the lease expired, before anyone reclaimed the job, finishes it for
+    good: it is never handed out again, and its user's running slot is free."""
+    lease = await expire_unreclaimed(queue, clock)
+    await queue.ack(lease)
+    assert await queue.claim("w2", lease_s=5) is None
+    await queue.enqueue(make_job("b", user_id=1, max_running=1))
+    after = await queue.claim("w2", lease_s=5)
+    assert after is not None and after.job.id == "b"
+
+
+async def test_late_ack_of_a_reclaimed_job_nobody_took_is_accepted(
+    queue: JobQueue, clock: FakeClock
+) -> None:
+    """An expired job that a peek put back in the queue, unclaimed since, is still its
+    last holder's to ack: the ack takes it out of the queue."""
+    await queue.enqueue(make_job("other", Lane.BATCH, user_id=2, cost_s=3.0))
+    lease = await expire_unreclaimed(queue, clock)
+    head = await queue.peek()
+    assert head is not None and head.job.id == "a"
+    assert await queue.depth() == 2
+    await queue.ack(lease)
+    assert await queue.depth() == 1 and await queue.position("a") is None
+    assert await queue.queued_cost_s() == pytest.approx(3.0)
+    assert await claim_all(queue) == ["other"]
+
+
+async def test_late_requeue_of_an_expired_lease_is_accepted(
+    queue: JobQueue, clock: FakeClock
+) -> None:
+    """A requeue after the lease expired gives the job back with its checkpoint, once;
+    after a reclaim it only adds the checkpoint to the job waiting in the queue."""
+    lease = await expire_unreclaimed(queue, clock)
+    await queue.requeue(lease, checkpoint=b"step 3")
+    again = await queue.claim("w2", lease_s=5)
+    assert again is not None and again.attempt == 2 and again.checkpoint == b"step 3"
+    assert await queue.claim("w3", lease_s=5) is None
+    clock.advance(6_000)
+    assert await queue.peek() is not None  # reclaims it: queued, nobody holds it
+    await queue.requeue(again, checkpoint=b"step 7")
+    assert await queue.depth() == 1
+    last = await queue.claim("w3", lease_s=5)
+    assert last is not None and last.attempt == 3 and last.checkpoint == b"step 7"
+
+
+async def test_stale_ack_is_refused_and_the_new_holder_keeps_the_job(
+    queue: JobQueue, clock: FakeClock
+) -> None:
+    """Once another worker has claimed the expired job, the old holder's ack and requeue
+    are refused (its result is to be discarded) and the new lease stays intact."""
+    stale = await expire_unreclaimed(queue, clock)
+    fresh = await queue.claim("w2", lease_s=5)
+    assert fresh is not None and fresh.attempt == 2
+    with pytest.raises(LeaseLostError) as lost:
+        await queue.ack(stale)
+    assert lost.value.reason is LostBecause.SUPERSEDED and lost.value.worker_id == "w1"
+    with pytest.raises(LeaseLostError):
+        await queue.requeue(stale, checkpoint=b"old")
+    assert await queue.depth() == 0 and await queue.claim("w3", lease_s=5) is None
+    fresh = await queue.renew(fresh, lease_s=5)
+    await queue.ack(fresh)
+    assert await queue.claim("w3", lease_s=5) is None
+
+
+async def test_renew_of_an_expired_lease_nobody_reclaimed_extends_it(
+    queue: JobQueue, clock: FakeClock
+) -> None:
+    """A holder that renews late, before anyone reclaimed the job, keeps it: the lease
+    runs ``lease_s`` from the renewal and no claim takes the job meanwhile."""
+    lease = await expire_unreclaimed(queue, clock)
+    lease = await queue.renew(lease, lease_s=5)
+    assert lease.expires_at_ms == clock.ms() + 5_000
+    clock.advance(4_000)
+    assert await queue.claim("w2", lease_s=5) is None
+    await queue.ack(lease)
+
+
+async def test_renew_after_a_reclaim_is_refused(queue: JobQueue, clock: FakeClock) -> None:
+    """Once the expired job is back in the queue its old holder cannot renew (it must
+    stop), and the job goes to the next claim."""
+    lease = await expire_unreclaimed(queue, clock)
+    assert await queue.peek() is not None
+    with pytest.raises(LeaseLostError) as lost:
+        await queue.renew(lease, lease_s=5)
+    assert lost.value.reason is LostBecause.RECLAIMED
+    again = await queue.claim("w2", lease_s=5)
+    assert again is not None and again.job.id == "a" and again.attempt == 2
 
 
 async def test_renew_extends_the_lease(queue: JobQueue, clock: FakeClock) -> None:

@@ -6,19 +6,25 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from backend.errors import QueueError
+from backend.errors import LeaseLostError, QueueError, QueueUnavailableError
 from backend.models import Lane
 from backend.queue import aging_policy, make_queue
-from backend.queue.base import JobQueue, Lease
+from backend.queue.base import JobQueue, Lease, LostBecause
 from backend.queue.memory import MemoryQueue
-from backend.queue.redis import JOB_TTL_S, RedisQueue
-from backend.scheduling.fairness import EVERYTHING, ClaimFilter
+from backend.queue.redis import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S, JOB_TTL_S, RedisQueue
+from backend.scheduling.fairness import EVERYTHING, AgingPolicy, ClaimFilter
 from config.settings import load_settings
 from tests.backend.queue.test_contract import make_job
 from tests.conftest import REDIS_URL
@@ -29,7 +35,7 @@ from tests.fakes import FakeClock
 async def queue(
     redis_client: Redis, redis_namespace: str, clock: FakeClock
 ) -> AsyncIterator[RedisQueue]:
-    backend = RedisQueue(redis_client, namespace=redis_namespace, now_ms=clock.ms)
+    backend = RedisQueue(redis_client, namespace=redis_namespace, fake_now_ms=clock.ms)
     yield backend
     await backend.close()
 
@@ -43,8 +49,8 @@ async def test_namespaces_do_not_see_each_other(
     redis_client: Redis, redis_namespace: str, clock: FakeClock
 ) -> None:
     """Two namespaces on one Redis are two queues: jobs, depths and claims stay apart."""
-    first = RedisQueue(redis_client, namespace=f"{redis_namespace}:a", now_ms=clock.ms)
-    second = RedisQueue(redis_client, namespace=f"{redis_namespace}:b", now_ms=clock.ms)
+    first = RedisQueue(redis_client, namespace=f"{redis_namespace}:a", fake_now_ms=clock.ms)
+    second = RedisQueue(redis_client, namespace=f"{redis_namespace}:b", fake_now_ms=clock.ms)
     await first.enqueue(make_job("a"))
     assert await second.enqueue(make_job("a"))  # the same id is new over there
     await second.enqueue(make_job("b"))
@@ -98,7 +104,7 @@ async def test_state_survives_a_new_client(
     lease = await queue.claim("w", lease_s=10)
     assert lease is not None and lease.job.id == "a0"
     await queue.close()
-    other = RedisQueue.from_url(REDIS_URL, namespace=redis_namespace, now_ms=clock.ms)
+    other = RedisQueue.from_url(REDIS_URL, namespace=redis_namespace, fake_now_ms=clock.ms)
     try:
         assert await other.depth() == 3
         await other.ack(lease)
@@ -117,7 +123,8 @@ async def test_concurrent_claims_never_share_a_job(
     for i in range(10):
         await queue.enqueue(make_job(f"j{i}", user_id=i % 3))
     workers = [
-        RedisQueue.from_url(REDIS_URL, namespace=redis_namespace, now_ms=clock.ms) for _ in range(4)
+        RedisQueue.from_url(REDIS_URL, namespace=redis_namespace, fake_now_ms=clock.ms)
+        for _ in range(4)
     ]
     try:
         leases = await asyncio.gather(
@@ -154,12 +161,224 @@ async def test_decoding_client_is_refused(redis_namespace: str) -> None:
         await client.aclose()
 
 
-async def test_unreachable_redis_is_a_queue_error() -> None:
-    """A connection failure surfaces as QueueError, not as a redis exception."""
+async def test_unreachable_redis_is_a_queue_unavailable_error() -> None:
+    """A connection failure surfaces as QueueUnavailableError naming the queue, not as
+    a redis exception."""
     queue = RedisQueue.from_url("redis://127.0.0.1:1/0", namespace="nowhere")
     try:
-        with pytest.raises(QueueError, match="nowhere"):
+        with pytest.raises(QueueUnavailableError, match="nowhere") as caught:
             await queue.enqueue(make_job("a"))
+        assert isinstance(caught.value, QueueError) and caught.value.namespace == "nowhere"
+    finally:
+        await queue.close()
+
+
+# -- the server's clock ---------------------------------------------------------------------
+
+
+async def server_ms(client: Redis) -> int:
+    """The Redis server's clock, in epoch milliseconds."""
+    seconds, micros = await client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def test_a_host_clock_running_ahead_does_not_steal_a_lease(
+    redis_client: Redis, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker on a host whose clock runs 10 minutes ahead sees a healthy lease as the
+    server does: it cannot claim the job, and the holder renews and acks it."""
+    holder = RedisQueue(redis_client, namespace=redis_namespace)
+    await holder.enqueue(make_job("a"))
+    lease = await holder.claim("w1", lease_s=30)
+    assert lease is not None
+    real_time, real_time_ns = time.time, time.time_ns
+    with monkeypatch.context() as host:
+        host.setattr(time, "time", lambda: real_time() + 600)
+        host.setattr(time, "time_ns", lambda: real_time_ns() + 600 * 10**9)
+        ahead = RedisQueue.from_url(REDIS_URL, namespace=redis_namespace)
+        try:
+            assert await ahead.claim("w2", lease_s=30) is None
+            assert await ahead.peek() is None
+        finally:
+            await ahead.close()
+    lease = await holder.renew(lease, lease_s=30)
+    await holder.ack(lease)
+
+
+async def test_leases_are_timed_by_the_server_clock(
+    redis_client: Redis, redis_namespace: str
+) -> None:
+    """A lease runs ``lease_s`` on the server's clock, and expires by it: the next
+    claim after that takes the job."""
+    queue = RedisQueue(redis_client, namespace=redis_namespace)
+    await queue.enqueue(make_job("a"))
+    before = await server_ms(redis_client)
+    lease = await queue.claim("w1", lease_s=0.6)
+    after = await server_ms(redis_client)
+    assert lease is not None and before + 600 <= lease.expires_at_ms <= after + 600
+    assert await queue.claim("w2", lease_s=10) is None
+    await asyncio.sleep(0.7)
+    again = await queue.claim("w2", lease_s=10)
+    assert again is not None and again.job.id == "a" and again.attempt == 2
+
+
+async def test_aging_is_timed_by_the_server_clock(
+    redis_client: Redis, redis_namespace: str
+) -> None:
+    """A batch job's wait is measured on the server's clock: once it passes the aging
+    bound, the job goes before a newer realtime one."""
+    seconds = {Lane.REALTIME: 60.0, Lane.BATCH: 2.0, Lane.BACKGROUND: 60.0}
+    aging = AgingPolicy.from_seconds(seconds, 0.5)  # a batch job ages after 1 s
+    queue = RedisQueue(redis_client, namespace=redis_namespace, aging=aging)
+    await queue.enqueue(make_job("old", Lane.BATCH))
+    await queue.enqueue(make_job("rt"))
+    head = await queue.peek()
+    assert head is not None and head.job.id == "rt" and not head.aged
+    await asyncio.sleep(1.05)
+    head = await queue.peek()
+    assert head is not None and head.job.id == "old" and head.aged
+
+
+# -- a Redis that goes away -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on at the moment of asking."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrivateRedis:
+    """A ``redis-server`` of one test on a free port, to stop and start again; it keeps
+    its data over a restart only when stopped with ``keep_data``."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the server and wait until it answers."""
+        command = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--daemonize", "no",
+            "--dir", str(self.dir), "--dbfilename", "dump.rdb",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not self._answers():
+            assert self.proc.poll() is None and time.monotonic() < deadline, "no redis-server"
+            time.sleep(0.02)
+
+    def stop(self, *, keep_data: bool = False) -> None:
+        """Stop the server: SIGTERM, or SHUTDOWN SAVE to find the keys again on start."""
+        assert self.proc is not None
+        if keep_data:
+            subprocess.run(
+                ["redis-cli", "-p", str(self.port), "shutdown", "save"], capture_output=True
+            )
+        else:
+            self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+    def close(self) -> None:
+        """Kill the server if it still runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not on PATH")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.close()
+
+
+async def test_calls_fail_as_unavailable_while_redis_is_down_and_work_once_back(
+    private_redis: PrivateRedis,
+) -> None:
+    """With Redis stopped every call raises QueueUnavailableError at once (a waiting
+    claim too); once a fresh Redis is back on the port, calls work again (the scripts
+    are loaded anew), and a lease the new server never knew is lost, not unavailable."""
+    queue = RedisQueue.from_url(private_redis.url, namespace="down")
+    try:
+        await queue.enqueue(make_job("a"))
+        lease = await queue.claim("w", lease_s=60)
+        assert lease is not None
+        private_redis.stop()
+        calls: list[Callable[[], Awaitable[Any]]] = [
+            lambda: queue.enqueue(make_job("b")),
+            lambda: queue.claim("w", lease_s=60, wait_s=2.0),
+            lambda: queue.renew(lease, lease_s=60),
+            lambda: queue.ack(lease),
+            queue.depth,
+        ]
+        for call in calls:
+            with pytest.raises(QueueUnavailableError, match="down"):
+                await asyncio.wait_for(call(), timeout=2 + CONNECT_TIMEOUT_S)
+        private_redis.start()
+        assert await queue.enqueue(make_job("b"))
+        again = await queue.claim("w", lease_s=60)
+        assert again is not None and again.job.id == "b"
+        await queue.ack(again)
+        with pytest.raises(LeaseLostError) as lost:
+            await queue.renew(lease, lease_s=60)
+        assert lost.value.reason is LostBecause.UNKNOWN
+    finally:
+        await queue.close()
+
+
+async def test_a_lease_held_over_a_redis_restart_finishes(private_redis: PrivateRedis) -> None:
+    """A Redis restarted with its data, script cache empty, takes the holder's renew
+    and ack as if it had never gone: the job finishes once and is not handed out again."""
+    queue = RedisQueue.from_url(private_redis.url, namespace="restart")
+    try:
+        await queue.enqueue(make_job("a"))
+        lease = await queue.claim("w", lease_s=60)
+        assert lease is not None
+        private_redis.stop(keep_data=True)
+        with pytest.raises(QueueUnavailableError):
+            await queue.renew(lease, lease_s=60)
+        private_redis.start()
+        lease = await queue.renew(lease, lease_s=60)
+        assert await queue.claim("w2", lease_s=60) is None
+        await queue.ack(lease)
+        assert await queue.depth() == 0 and await queue.claim("w2", lease_s=60) is None
+    finally:
+        await queue.close()
+
+
+async def test_a_frozen_redis_fails_a_waiting_claim_within_its_timeouts(
+    private_redis: PrivateRedis,
+) -> None:
+    """A Redis that accepts connections but never answers (stopped with SIGSTOP) makes
+    a claim fail with QueueUnavailableError after the client's timeouts, not hang."""
+    queue = RedisQueue.from_url(private_redis.url, namespace="frozen")
+    assert private_redis.proc is not None
+    try:
+        await queue.depth()  # connected before the freeze
+        private_redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            bound_s = 1.0 + COMMAND_TIMEOUT_S + CONNECT_TIMEOUT_S
+            with pytest.raises(QueueUnavailableError):
+                await asyncio.wait_for(queue.claim("w", lease_s=60, wait_s=1.0), bound_s)
+        finally:
+            private_redis.proc.send_signal(signal.SIGCONT)
     finally:
         await queue.close()
 
@@ -278,7 +497,7 @@ async def test_claim_order_matches_the_memory_backend(
     clocks = [FakeClock(), FakeClock()]
     twins = Twins(
         MemoryQueue(now_ms=clocks[0].ms),
-        RedisQueue(redis_client, namespace=redis_namespace, now_ms=clocks[1].ms),
+        RedisQueue(redis_client, namespace=redis_namespace, fake_now_ms=clocks[1].ms),
         clocks,
     )
     users = _users(rng)

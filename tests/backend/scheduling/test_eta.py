@@ -9,7 +9,7 @@ import math
 import pytest
 
 from backend.models import Lane
-from backend.scheduling.eta import CORRECTION_LIMIT, EtaModel
+from backend.scheduling.eta import CORRECTION_LIMIT, EtaModel, stalled_slot
 
 
 def test_an_idle_model_divides_work_ahead_by_the_device() -> None:
@@ -24,6 +24,38 @@ def test_blocked_time_is_added_before_the_work_ahead() -> None:
     """Time until the device can take the job at all adds to the queued work's time."""
     model = EtaModel()
     assert model.estimate(Lane.BATCH, 4.0, 1.0, 0.0, blocked_s=3.0).start_in_s == 7.0
+
+
+def test_a_taken_slot_delays_the_start_unless_the_queue_takes_longer() -> None:
+    """The job starts after the later of the queue's estimate and the user's slot (its
+    wait, then its work at the device's throughput)."""
+    model = EtaModel()
+    for _ in range(20):
+        model.record_throughput(solo_cost_s=2.0, busy_s=1.0)  # a gain of 2
+    slot = {"slot_wait_s": 30.0, "slot_work_s": 8.0}
+    assert model.estimate(Lane.REALTIME, 10.0, 2.0, 0.0, **slot).start_in_s == pytest.approx(34.0)
+    assert model.estimate(Lane.REALTIME, 100.0, 2.0, 0.0, **slot).start_in_s == pytest.approx(50.0)
+    assert model.estimate(Lane.REALTIME, 10.0, 2.0, 0.0, **slot).finish_in_s == pytest.approx(35.0)
+
+
+@pytest.mark.parametrize(
+    ("stalled", "cap", "expected"),
+    [
+        ([], 1, (0.0, 0.0)),
+        ([5.0], 1, (60.0, 5.0)),
+        ([5.0, 7.0], 1, (60.0, 12.0)),
+        ([5.0, 7.0], 2, (60.0, 5.0)),
+        ([5.0], 2, (0.0, 0.0)),
+        ([5.0, 7.0], 0, (0.0, 0.0)),
+    ],
+)
+def test_stalled_leases_block_only_beyond_the_cap(
+    stalled: list[float], cap: int, expected: tuple[float, float]
+) -> None:
+    """A user under their cap once the live jobs finish waits for no lease; otherwise
+    for the whole lease and the oldest stalled jobs' reruns, as many as keep the cap
+    full."""
+    assert stalled_slot(stalled, cap, lease_s=60.0) == expected
 
 
 def test_gain_is_weighted_by_device_time_not_by_steps() -> None:

@@ -105,12 +105,12 @@ async def test_claim_runs_the_job_and_counts_one_attempt_once(rig: Rig) -> None:
     """A claim makes the job running with one attempt; the same claim again changes
     nothing (attempts not counted twice, start time kept)."""
     job = await queued_job(rig)
-    await rig.ledger.claimed(first(job))
+    assert await rig.ledger.claimed(first(job)) is True
     row = await rig.db.jobs.get(job.id)
     assert row is not None and row.state == "running" and row.attempts == 1
     assert row.started_at_ms is not None
     before = await snapshot(rig, job.id)
-    await rig.ledger.claimed(first(job))
+    assert await rig.ledger.claimed(first(job)) is True  # it still holds the job
     assert await snapshot(rig, job.id) == before
 
 
@@ -155,9 +155,9 @@ async def test_a_repeated_claim_after_a_requeue_changes_nothing(rig: Rig) -> Non
     await rig.ledger.claimed(first(job))
     await rig.ledger.requeued(first(job), b"cp")
     before = await snapshot(rig, job.id)
-    await rig.ledger.claimed(first(job))
+    assert await rig.ledger.claimed(first(job)) is False
     assert await snapshot(rig, job.id) == before
-    await rig.ledger.claimed(second(job))
+    assert await rig.ledger.claimed(second(job)) is True
     row = await rig.db.jobs.get(job.id)
     assert row is not None and row.state == "running" and row.attempts == 2
 
@@ -254,8 +254,24 @@ async def test_stale_attempt_is_ignored_while_the_newer_one_runs(rig: Rig) -> No
     await rig.ledger.requeued(first(job), b"stale")
     await rig.ledger.failed(first(job), "stale")
     await rig.ledger.cancelled(first(job))
-    await rig.ledger.claimed(Attempt(job.id, 1, "lease-late"))
+    assert await rig.ledger.claimed(Attempt(job.id, 1, "lease-late")) is False
     assert await snapshot(rig, job.id) == before
+
+
+async def test_a_claim_of_a_finished_job_may_not_run_it(rig: Rig) -> None:
+    """A job whose result was recorded (its lease lapsed before the ack, and the queue
+    handed it out again) answers a new claim False and records nothing: it is not run,
+    counted or charged again."""
+    job = await queued_job(rig)
+    await rig.ledger.claimed(first(job))
+    await rig.ledger.succeeded(job, first(job), result_images(), 2.0)
+    before = await snapshot(rig, job.id)
+    assert await rig.ledger.claimed(second(job)) is False
+    assert await snapshot(rig, job.id) == before
+    failed = await queued_job(rig, "job-2")
+    await rig.ledger.claimed(first(failed))
+    await rig.ledger.failed(first(failed), "out of memory")
+    assert await rig.ledger.claimed(second(failed)) is False
 
 
 async def test_attempt_numbers_restarting_after_the_queue_lost_the_job(rig: Rig) -> None:
@@ -265,7 +281,7 @@ async def test_attempt_numbers_restarting_after_the_queue_lost_the_job(rig: Rig)
     await rig.ledger.claimed(first(job))
     await rig.ledger.requeued(first(job), b"cp")
     again = Attempt(job.id, 1, "lease-after-flush")
-    await rig.ledger.claimed(again)
+    assert await rig.ledger.claimed(again) is True
     row = await rig.db.jobs.get(job.id)
     assert row is not None and row.state == "running" and row.attempts == 2
     assert await rig.ledger.succeeded(job, again, result_images(), 1.0)
