@@ -4,7 +4,8 @@ background, so that a queue that is away never holds up the device's events.
 A release that fails for a reason that may pass is retried, for up to a lease; after
 that the lease lapses and the queue hands the job out again, and the ledger decides
 whether it runs (a finished job does not). A refusal (``LeaseLostError``) means another
-claim holds the job: it keeps it, and nothing is retried.
+claim holds the job: it keeps it, and nothing is retried; or that the queue forgot the
+job (Redis restarted empty): a requeue then queues it anew.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import structlog
 
 from backend.errors import LeaseLostError, QueueError
-from backend.queue.base import JobQueue, Lease
+from backend.queue.base import JobQueue, Lease, LostBecause
 from backend.worker.tasks import settle
 
 log = structlog.get_logger(__name__)
@@ -68,6 +69,9 @@ class Releases:
                         await self._queue.ack(lease)
                 return
             except LeaseLostError as exc:
+                if requeue and exc.reason == LostBecause.UNKNOWN:
+                    await self._enqueue_again(lease)
+                    return
                 log.info("release_refused", job_id=lease.job.id, action=action, error=str(exc))
                 return
             except (QueueError, TimeoutError) as exc:
@@ -79,3 +83,19 @@ class Releases:
                     return
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, RETRY_MAX_S)
+
+    async def _enqueue_again(self, lease: Lease) -> None:
+        """The queue forgot the job (Redis restarted empty, or was flushed): queue it
+        anew. Its checkpoint is in the ledger, where the next claim finds it; if another
+        process queued it again first, this changes nothing."""
+        job = lease.job
+        try:
+            async with asyncio.timeout(QUEUE_CALL_S):
+                added = await self._queue.enqueue(job)
+        except (QueueError, TimeoutError) as exc:
+            # Left to start-up reconciliation, which queues what SQLite holds.
+            log.warning(
+                "requeue_lost_job_failed", job_id=job.id, error=str(exc) or type(exc).__name__
+            )
+            return
+        log.warning("job_queued_again", job_id=job.id, added=added)

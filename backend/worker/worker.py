@@ -41,11 +41,11 @@ from PIL import Image
 from backend.catalog import ModelCatalog
 from backend.clock import wall_ms
 from backend.engine.types import EngineEvent, EngineFactory, Outcome, Request
-from backend.errors import BackendError, QueueError
+from backend.errors import BackendError, LeaseLostError, QueueError
 from backend.events.base import EventBus, EventKind, JobEvent
 from backend.grid import encode_png, make_grid
 from backend.models import Job
-from backend.queue.base import EVERYTHING, ClaimFilter, JobQueue, Lease
+from backend.queue.base import EVERYTHING, ClaimFilter, JobQueue, Lease, LostBecause
 from backend.scheduling.preemption import Candidate, Rules, rank, steps_until_start
 from backend.worker.flight import Flight, rows_of, shape_of, victims_for
 from backend.worker.heartbeat import Heartbeat
@@ -643,6 +643,12 @@ class DeviceWorker:
     # -- leases ----------------------------------------------------------------------------
 
     def _lease_lost(self, job_id: str, exc: Exception) -> None:
+        if isinstance(exc, LeaseLostError) and exc.reason == LostBecause.UNKNOWN:
+            # The queue forgot the job (Redis restarted empty, or was flushed): nobody
+            # else can hold it. Off the device with its checkpoint, which the ledger
+            # records and the release queues again.
+            self._lease_lapsed(job_id, exc)
+            return
         # Another claim holds the job now: stop our copy without touching its records.
         log.warning("lease_lost", job_id=job_id, error=_why(exc))
         self._landed(job_id)

@@ -182,3 +182,29 @@ async def test_a_redis_outage_longer_than_the_lease_resumes_the_job_from_its_che
         assert steps_after_preemption(events)[0] > 3  # from the checkpoint, not the start
         row = await rig.db.jobs.get(job_id)
         assert row is not None and row.attempts == 2
+
+
+async def test_a_job_the_queue_forgot_is_queued_again_and_resumes(
+    tmp_path: Path, private_redis: PrivateRedis
+) -> None:
+    """Redis flushed mid-job (as when it restarts empty): the worker takes the job off the
+    device with its checkpoint, queues it anew, and it resumes and finishes once, charged
+    once."""
+    from redis.asyncio import Redis
+
+    from backend.clock import usage_month, wall_ms
+
+    async with open_rig(tmp_path, private_redis, lease_s=1.5) as rig:
+        job_id, subscription = await start_job(rig, steps=400, at_step=3)
+        client = Redis.from_url(private_redis.url)
+        try:
+            await client.flushall()
+        finally:
+            await client.aclose()
+        events = await rest_of(subscription)
+        assert events[-1].kind is EventKind.SUCCEEDED
+        assert steps_after_preemption(events)[0] > 3  # from the checkpoint, not the start
+        row = await rig.db.jobs.get(job_id)
+        assert row is not None and row.state == "succeeded" and row.attempts == 2
+        usage = await rig.db.usage.get(1, usage_month(wall_ms()))
+        assert usage.jobs == 1
