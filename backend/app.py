@@ -19,9 +19,9 @@ from backend.clock import monotonic_s
 from backend.degrade import make_level_store
 from backend.degrade.controller import DegradeController
 from backend.degrade.loadwatch import LoadWatcher
-from backend.errors import BadInputError
+from backend.errors import BadInputError, QueueUnavailableError
 from backend.events import EventBus, make_event_bus
-from backend.queue import JobQueue, make_queue
+from backend.queue import JobQueue, RedisQueue, make_queue
 from backend.service import GenerationService
 from config.settings import QueueBackend, QueueSettings, Settings, mask_url
 from storage.db import Database
@@ -43,6 +43,11 @@ log = structlog.get_logger(__name__)
 DRAIN_S = 30.0
 # A Redis that does not answer a PING in this long counts as unreachable at start-up.
 REDIS_PING_TIMEOUT_S = 5.0
+# How long closing waits for a queue check under way before cancelling it.
+WATCH_CLOSE_S = 5.0
+# A queue check that failed for another reason than Redis being away is tried again
+# after the interval, doubled per failure in a row up to this.
+WATCH_BACKOFF_MAX_S = 60.0
 
 
 @dataclass(slots=True)
@@ -118,7 +123,8 @@ async def open_backend(settings: Settings, *, local_worker: bool = True) -> Asyn
     so a second one is refused at once (BadInputError naming the holder and pointing at
     Redis mode); with the Redis queue no process holds it alone and many share it (their
     shared locks only keep a memory-queue process out). So start-up reconciles only
-    jobs whose process is gone.
+    jobs whose process is gone. In Redis mode a :class:`QueueWatchdog` then queues
+    again what Redis loses while the process runs.
 
     Torch is imported only when a local worker starts, so a front end without one
     stays light. The load watcher samples from the start; workers join its device
@@ -158,6 +164,10 @@ async def open_backend(settings: Settings, *, local_worker: bool = True) -> Asyn
         )
         backend = Backend(settings, db, images, queue, catalog, events, service, degrade)
         try:
+            if isinstance(queue, RedisQueue):
+                # Before the start-up reconcile: a loss from then on is seen.
+                interval_s = settings.queue.reconcile_interval_s
+                await stack.enter_async_context(QueueWatchdog(queue, service, interval_s))
             restored = await service.reconcile()
             if restored:
                 log.warning("jobs_reconciled", count=restored)
@@ -169,6 +179,86 @@ async def open_backend(settings: Settings, *, local_worker: bool = True) -> Asyn
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             backend.interrupt()
             raise
+
+
+class QueueWatchdog:
+    """Queues again the jobs SQLite holds as queued once Redis has lost the queue's
+    data (restarted without persistence, or flushed), which nothing else would until a
+    restart; an async context manager that owns its task.
+
+    Every ``interval_s`` it asks the queue (one script call) whether its epoch is gone,
+    and then reconciles, running jobs aside: their workers queue them anew at their
+    next renewal. A check that fails is logged and tried again: at the next interval
+    while Redis is away, with a growing delay on any other error; a reconcile that
+    fails is tried again at the next check.
+    """
+
+    def __init__(self, queue: RedisQueue, service: GenerationService, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._queue = queue
+        self._service = service
+        # A loss was seen and its reconcile has not completed yet.
+        self._due = False
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def __aenter__(self) -> QueueWatchdog:
+        try:
+            await self._queue.lost_data()  # the first call reads (or sets) the epoch
+        except Exception:
+            # A loss before the epoch is read cannot be told from a fresh Redis: the
+            # first check that works reconciles anyway.
+            log.warning("queue_watch_failed", exc_info=True)
+            self._due = True
+        self._task = asyncio.create_task(self._run(), name="queue-watchdog")
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping.set()
+        done, _ = await asyncio.wait({task}, timeout=WATCH_CLOSE_S)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def check(self) -> int:
+        """One check: if Redis lost the queue's data, queue the lost jobs again (the
+        epoch is set again by asking); how many were queued."""
+        if await self._queue.lost_data():
+            log.warning("queue_data_lost", namespace=self._queue.namespace)
+            self._due = True
+        if not self._due:
+            return 0
+        restored = await self._service.reconcile(running=False)
+        self._due = False
+        if restored:
+            log.warning("jobs_reconciled", count=restored)
+        return restored
+
+    async def _run(self) -> None:
+        delay_s = self.interval_s
+        while not await self._stopped_within(delay_s):
+            try:
+                await self.check()
+            except QueueUnavailableError as exc:
+                # Redis is away: the next check costs no more than this one did.
+                log.warning("queue_watch_unavailable", error=str(exc))
+                delay_s = self.interval_s
+            except Exception:
+                delay_s = min(delay_s * 2, max(self.interval_s, WATCH_BACKOFF_MAX_S))
+                log.exception("queue_watch_failed", retry_in_s=delay_s)
+            else:
+                delay_s = self.interval_s
+
+    async def _stopped_within(self, timeout_s: float) -> bool:
+        # An event, not cancellation alone: a client call that swallows a cancellation
+        # must not keep the loop alive.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout_s)
+        return self._stopping.is_set()
 
 
 async def check_reachable(client: Redis, queue: QueueSettings) -> None:

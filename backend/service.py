@@ -297,7 +297,7 @@ class GenerationService:
             fast_left = tier.fast_budget_gpu_s - used.fast_gpu_s
         return classify(cost_s, spec.speed, tier_name, tier, self.scheduler, fast_left_s=fast_left)
 
-    async def reconcile(self) -> int:
+    async def reconcile(self, *, running: bool = True) -> int:
         """Bring the queue in line with SQLite at start-up; returns how many jobs were
         queued.
 
@@ -309,9 +309,15 @@ class GenerationService:
         it is queued now, as its submit meant to. A job that can no longer be rebuilt
         (its spec unreadable, its model gone from the settings) fails with the reason,
         so that it neither stops the start nor counts against its user's queue.
+
+        ``running=False`` leaves running jobs to their workers (Redis lost its data
+        while this process runs): a live worker queues its job anew at its next renewal,
+        with its latest checkpoint, and a second copy would only race it.
         """
         restored = 0
-        states = (JobState.SUBMITTED, JobState.QUEUED, JobState.RUNNING)
+        states = [JobState.SUBMITTED, JobState.QUEUED]
+        if running:
+            states.append(JobState.RUNNING)
         for row in await self.db.jobs.list_by_state(*states):
             if await self._reconcile_one(row):
                 restored += 1

@@ -78,6 +78,9 @@ class QueueSettings(_Section):
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     namespace: str = Field(default="imagine", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     lease_s: float = Field(default=60.0, gt=0)
+    # Redis mode: how often each process checks that Redis still has the queue's data,
+    # and queues again the jobs it lost (a restart without persistence, a flush).
+    reconcile_interval_s: float = Field(default=10.0, ge=0.1, le=3600)
 
     @field_validator("redis_url")
     @classmethod

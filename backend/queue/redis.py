@@ -32,9 +32,12 @@ Keys, all under ``{namespace}:q:``:
   virtual time changes nothing (``max(V, F) = V``), so claims prune those: the set holds
   only users who are ahead of the lane, without a TTL.
 * ``vtime``, ``cost`` (queued microseconds) and ``seq``: one value per lane, one counter.
+* ``epoch``: a random id set when a queue first finds it missing. Its loss tells that
+  Redis lost the queue's data (restarted without persistence, flushed):
+  :meth:`RedisQueue.lost_data`.
 
 The sorted sets hold only live jobs and the hashes a few fields, so nothing but the job
-hashes and running counters needs a TTL.
+hashes and running counters needs a TTL; the epoch has none, as it must outlive the rest.
 """
 
 from __future__ import annotations
@@ -400,6 +403,15 @@ if f[1] ~= 'queued' then return false end
 return redis.call('ZRANK', prefix .. 'tag:' .. f[2], f[3])
 """
 
+# ARGV: a new epoch. The queue's epoch, set to the new one if there was none.
+_EPOCH = """
+local key = prefix .. 'epoch'
+local epoch = redis.call('GET', key)
+if epoch then return epoch end
+redis.call('SET', key, ARGV[4])
+return ARGV[4]
+"""
+
 
 class RedisQueue:
     """The :class:`~backend.queue.base.JobQueue` contract over Redis, with the memory
@@ -426,6 +438,8 @@ class RedisQueue:
         self._aging = aging
         self._fake_now_ms = fake_now_ms
         self._changed = asyncio.Event()
+        # The epoch this queue last saw (None before its first lost_data call).
+        self._epoch: bytes | None = None
         register = client.register_script
         self._enqueue = register(_PRELUDE + _ENQUEUE)
         self._take = register(_PRELUDE + _TAKE)
@@ -434,6 +448,7 @@ class RedisQueue:
         self._requeue = register(_PRELUDE + _REQUEUE)
         self._cancel = register(_PRELUDE + _CANCEL)
         self._position = register(_PRELUDE + _POSITION)
+        self._mark_epoch = register(_PRELUDE + _EPOCH)
 
     @classmethod
     def from_url(
@@ -574,6 +589,17 @@ class RedisQueue:
             self._client.hmget(self.key("cost"), [one.value for one in lanes])
         )
         return sum(max(0, int(value or 0)) for value in values) / 1e6
+
+    async def lost_data(self) -> bool:
+        """Whether Redis lost this queue's data (restarted without persistence, or
+        flushed) since the last call: the ``epoch`` key it saw then is gone, or another
+        process already set a new one. A missing epoch is set again, so the next call
+        answers False. The first call only reads the epoch (setting it on a fresh Redis)
+        and answers False: what was lost before it cannot be told from a fresh start."""
+        seen = await self._run(self._mark_epoch, secrets.token_hex(8))
+        lost = self._epoch is not None and seen != self._epoch
+        self._epoch = seen
+        return lost
 
     async def purge(self) -> int:
         """Delete every key of this namespace's queue (benchmarks, tests); how many."""

@@ -1,6 +1,6 @@
 """open_backend: one memory-queue process per data directory, Redis checked before
-anything is written, and a stop that saves running jobs at once when interrupted; in
-process and on real ``imagine`` processes."""
+anything is written, queued jobs Redis lost queued again, and a stop that saves running
+jobs at once when interrupted; in process and on real ``imagine`` processes."""
 
 from __future__ import annotations
 
@@ -11,20 +11,28 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
-from backend.app import Backend, open_backend
+from backend.app import Backend, QueueWatchdog, open_backend
 from backend.errors import BadInputError
 from backend.events.base import EventKind
 from backend.models import JobSpec
-from config.settings import load_settings
+from backend.queue import RedisQueue
+from config.settings import Settings, load_settings
+from tests.backend.worker.conftest import eventually
+from tests.chaos.faults import PrivateRedis, redis_command
 
 # Bounds that detect a hang on two busy cores, never performance figures.
 START_BOUND_S = 90.0
 STOP_BOUND_S = 10.0  # the default drain alone is 30 s
 REFUSAL_BOUND_S = 30.0
+# How often the queue is checked in the tests of Redis losing its data.
+WATCH_INTERVAL_S = 0.2
 
 LONG_SPEC = JobSpec(prompt="a long job", seed=1, width=64, height=64, n=1, steps=1000)
 
@@ -158,6 +166,121 @@ def test_unreachable_redis_exits_2_before_torch_or_any_write(fast_env: Path) -> 
     assert "hunter2" not in result.stderr and "@127.0.0.1:" in lines[0]
     assert imports and not [line for line in imports if line.split("|")[-1].strip() == "torch"]
     assert not fast_env.exists()
+
+
+# -- Redis losing its data while the backend runs ---------------------------------------------
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of this test alone, which it may flush (never the shared one)."""
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _watched(server: PrivateRedis) -> Settings:
+    """Redis mode on ``server``, its queue checked every :data:`WATCH_INTERVAL_S`."""
+    queue = {"backend": "redis", "redis_url": server.url, "namespace": "watched"}
+    return load_settings(queue={**queue, "reconcile_interval_s": WATCH_INTERVAL_S})
+
+
+async def _queued_again(backend: Backend, job_id: str) -> None:
+    """Return once the queue knows ``job_id`` as queued again; TimeoutError (a hang)
+    after a bound."""
+
+    async def queued() -> bool:
+        return await backend.queue.position(job_id) is not None
+
+    await eventually(queued)
+
+
+async def test_a_queued_job_redis_loses_is_queued_again_once(
+    fast_env: Path, private_redis: PrivateRedis
+) -> None:
+    """Redis flushed while a job waits unclaimed: within a few checks the queue holds
+    it again, once, and SQLite still shows it queued once."""
+    settings = _watched(private_redis)
+    async with open_backend(settings, local_worker=False) as backend:
+        job = await backend.service.submit(LONG_SPEC, user_id=1)
+        assert await backend.queue.position(job.id) == 0
+        assert redis_command(private_redis.port, "FLUSHALL").startswith(b"+OK")
+        await _queued_again(backend, job.id)
+        assert await backend.queue.depth() == 1
+    assert _jobs(settings.data_dir) == [(job.id, "queued", 0, False)]
+
+
+async def test_checks_go_on_through_an_outage_and_see_an_empty_restart(
+    fast_env: Path, private_redis: PrivateRedis, logs: list[MutableMapping[str, Any]]
+) -> None:
+    """Redis down for several checks (each logged, none ending the watch), then back
+    empty: the loss is logged as a warning and the waiting job is queued again."""
+    settings = _watched(private_redis)
+    async with open_backend(settings, local_worker=False) as backend:
+        job = await backend.service.submit(LONG_SPEC, user_id=1)
+        private_redis.stop(keep_data=False)
+        await eventually(
+            lambda: sum(entry["event"] == "queue_watch_unavailable" for entry in logs) >= 3
+        )
+        private_redis.start()
+        await _queued_again(backend, job.id)
+    lost = [entry for entry in logs if entry["event"] == "queue_data_lost"]
+    assert [entry["log_level"] for entry in lost] == ["warning"]
+
+
+async def test_a_running_job_redis_loses_is_left_to_its_worker(
+    fast_env: Path, private_redis: PrivateRedis
+) -> None:
+    """Redis flushed while a job runs on another process's worker and another waits:
+    the waiting one is queued again, the running one is not (its worker queues it anew
+    at its next renewal, with its latest checkpoint; a second copy would race it)."""
+    settings = _watched(private_redis)
+    async with open_backend(settings, local_worker=False) as backend:
+        running = await backend.service.submit(LONG_SPEC, user_id=1)
+        lease = await backend.queue.claim("elsewhere", lease_s=60)
+        assert lease is not None and lease.job.id == running.id
+        assert await backend.db.jobs.claim_attempt(running.id, lease.attempt, lease.token)
+        waiting = await backend.service.submit(LONG_SPEC, user_id=2)
+        assert redis_command(private_redis.port, "FLUSHALL").startswith(b"+OK")
+        # One reconcile queues both in submission order, if it queues the running one.
+        await _queued_again(backend, waiting.id)
+        assert await backend.queue.depth() == 1
+        assert await backend.queue.position(running.id) is None
+    states = {job_id: state for job_id, state, *_ in _jobs(settings.data_dir)}
+    assert states == {running.id: "running", waiting.id: "queued"}
+
+
+class _FlakyService:
+    """A service whose first reconcile fails (the database locked, say)."""
+
+    def __init__(self) -> None:
+        self.calls: list[bool] = []
+
+    async def reconcile(self, *, running: bool = True) -> int:
+        self.calls.append(running)
+        if len(self.calls) == 1:
+            raise RuntimeError("database is locked")
+        return 0
+
+
+async def test_a_failed_reconcile_is_run_again_until_it_completes(
+    redis_client: Redis, redis_namespace: str, logs: list[MutableMapping[str, Any]]
+) -> None:
+    """After a loss, a reconcile that fails is logged and run again at a later check,
+    running jobs left out each time; once one completes, later checks run none."""
+    queue = RedisQueue(redis_client, namespace=redis_namespace)
+    service = _FlakyService()
+    async with QueueWatchdog(queue, service, WATCH_INTERVAL_S):  # type: ignore[arg-type]
+        await redis_client.delete(queue.key("epoch"))
+        await eventually(lambda: len(service.calls) >= 2)
+        await asyncio.sleep(3 * WATCH_INTERVAL_S)
+    assert service.calls == [False, False]
+    assert [entry["event"] for entry in logs if entry["log_level"] == "error"] == [
+        "queue_watch_failed"
+    ]
 
 
 # -- stopping ------------------------------------------------------------------------------------

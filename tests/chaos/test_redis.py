@@ -1,19 +1,25 @@
 """Redis mode under fire, on real processes and a private ``redis-server`` on a free port:
-Redis stopped mid-job and started again, and Ctrl-C. Each scenario ends with the promise
-checked: no job lost, none run twice, no usage charged twice, no process left hanging."""
+Redis stopped mid-job and started again, Redis restarted empty while a job waits, and
+Ctrl-C. Each scenario ends with the promise checked: no job lost, none run twice, no
+usage charged twice, no process left hanging."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 import uuid
+from dataclasses import replace
 
 import pytest
 
+from backend.queue.redis import RedisQueue
+from tests.backend.queue.test_contract import make_job
 from tests.chaos.faults import PrivateRedis
 from tests.chaos.harness import (
     INTERRUPTED_STATUSES,
     POLL_S,
+    SHORT_PROMPT,
     ChaosEnv,
     CliRun,
     Lab,
@@ -29,6 +35,10 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 LEASE_S = 12.0
 OUTAGE_S = 5.0
 OUTAGE_PROMPT = "a lighthouse in a storm --steps 300 --n 1 --seed 5"
+# The queue watchdog's interval; a job held elsewhere keeps its lease far longer than
+# the scenario lasts.
+WATCH_INTERVAL_S = 0.5
+HELD_LEASE_S = 600.0
 # The worker's drain bound on shutdown, generous: a hang, not a slow exit, fails.
 DRAIN_BOUND_S = 40.0
 
@@ -96,3 +106,43 @@ def test_ctrl_c_in_redis_mode_exits_within_the_drain_bound(lab: Lab) -> None:
     assert status in INTERRUPTED_STATUSES, f"exit {status}:\n{run.tail()}"
     reruns = lab.finish_pending(env=env)
     assert_invariants(lab.snapshot(), lab.runs, max_attempts={job_id: 1 + len(reruns)})
+
+
+async def _hold_the_running_slot(url: str, namespace: str, user_id: int) -> None:
+    """Claim a job of ``user_id`` the database never knew, as a worker elsewhere would,
+    so that the user's next job waits behind it (one running job per free user)."""
+    queue = RedisQueue.from_url(url, namespace=namespace)
+    try:
+        await queue.enqueue(make_job("held-elsewhere", user_id=user_id, max_running=1))
+        assert await queue.claim("elsewhere", lease_s=HELD_LEASE_S) is not None
+    finally:
+        await queue.close()
+
+
+def test_redis_restarted_empty_before_a_job_is_claimed_the_job_still_runs(lab: Lab) -> None:
+    """A job waiting behind its user's running one (held by a worker elsewhere) when
+    Redis restarts empty (SHUTDOWN NOSAVE) is queued again by the queue watchdog: the
+    run finishes it, once, instead of waiting forever."""
+    server = lab.redis()
+    redis_env = _redis_env(lab, server)
+    extra = {**redis_env.extra, "IMAGINE_QUEUE__RECONCILE_INTERVAL_S": str(WATCH_INTERVAL_S)}
+    env = replace(redis_env, extra=extra)
+    asyncio.run(_hold_the_running_slot(server.url, extra["IMAGINE_QUEUE__NAMESPACE"], 0))
+    run = lab.generate(SHORT_PROMPT, env=env)
+    job_id = str(run.wait_for("job_queued")["job_id"])
+    server.stop(keep_data=False)
+    claimed = [r for r in run.events() if r.get("event") == "job_claimed"]
+    assert not claimed, f"the job was claimed before Redis stopped: {claimed}"
+    server.start()
+    back_wall_s, back_s = time.time(), time.monotonic()
+    status = run.wait_exit(after="Redis came back")
+    record_timing(
+        "redis_restarted_empty_job_waiting",
+        redis_back_to_job_finished_s=_seconds_after(
+            back_wall_s, lab.snapshot().jobs[job_id].finished_at_ms
+        ),
+        redis_back_to_exit_s=run.seconds_since(back_s),
+        exit_status=status,
+    )
+    assert status == 0, f"exit {status}:\n{run.tail()}"
+    assert_invariants(lab.snapshot(), lab.runs)

@@ -178,3 +178,15 @@ def test_example_file_documents_every_key_and_loads() -> None:
         assert leaf in text, f"{key} is not documented in {EXAMPLE.name}"
     parsed = tomllib.loads(text)
     assert set(parsed) <= set(dumped)
+
+
+def test_reconcile_interval_must_leave_redis_time_between_checks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """queue.reconcile_interval_s under 0.1 s (Redis checked in a busy loop) is refused,
+    naming the key; 0.2 s loads."""
+    monkeypatch.setenv("IMAGINE_QUEUE__RECONCILE_INTERVAL_S", "0")
+    with pytest.raises(SettingsError, match=r"queue\.reconcile_interval_s"):
+        load_settings()
+    monkeypatch.setenv("IMAGINE_QUEUE__RECONCILE_INTERVAL_S", "0.2")
+    assert load_settings().queue.reconcile_interval_s == 0.2

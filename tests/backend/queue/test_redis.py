@@ -383,6 +383,35 @@ async def test_a_frozen_redis_fails_a_waiting_claim_within_its_timeouts(
         await queue.close()
 
 
+async def test_lost_data_tells_a_flush_or_an_empty_restart_once(
+    private_redis: PrivateRedis,
+) -> None:
+    """lost_data answers False on a fresh queue and while Redis keeps its data, True once
+    after a FLUSHALL or a restart without data (it sets the epoch again), and True to
+    another queue of the namespace that saw the epoch before it was set again."""
+    first = RedisQueue.from_url(private_redis.url, namespace="epoch")
+    second = RedisQueue.from_url(private_redis.url, namespace="epoch")
+    client = Redis.from_url(private_redis.url)
+    try:
+        assert not await first.lost_data()
+        assert not await second.lost_data()
+        await first.enqueue(make_job("a"))
+        assert not await first.lost_data()
+        await client.flushall()
+        assert await first.lost_data()
+        assert not await first.lost_data()
+        assert await second.lost_data()
+        assert not await second.lost_data()
+        private_redis.stop()
+        private_redis.start()
+        assert await first.lost_data()
+        assert not await first.lost_data()
+    finally:
+        await client.aclose()
+        await first.close()
+        await second.close()
+
+
 async def test_make_queue_builds_redis_with_the_settings_aging() -> None:
     """queue.backend=redis gives a RedisQueue in the configured namespace, aging from
     the scheduler settings."""
