@@ -1,4 +1,5 @@
-"""Shared fixtures: isolated settings, the tiny model built once per session."""
+"""Shared fixtures: isolated settings, the tiny model built once per session, the shared
+Redis and a private one."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import structlog
 from structlog.testing import capture_logs
+
+from tests.redis_server import PrivateRedis
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -78,6 +81,18 @@ async def redis_namespace(redis_client: Redis) -> AsyncIterator[str]:
     keys = [key async for key in redis_client.scan_iter(match=f"{namespace}:*", count=1000)]
     if keys:
         await redis_client.delete(*keys)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A started redis-server of this test alone on a free port (never the shared one),
+    which it may stop and start again; killed when the test ends."""
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from backend.models import JobSpec
 from backend.queue import RedisQueue
 from config.settings import Settings, load_settings
 from tests.backend.worker.conftest import eventually
-from tests.chaos.faults import PrivateRedis, redis_command
+from tests.redis_server import PrivateRedis, free_port
 
 # Bounds that detect a hang on two busy cores, never performance figures.
 START_BOUND_S = 90.0
@@ -35,12 +34,6 @@ REFUSAL_BOUND_S = 30.0
 WATCH_INTERVAL_S = 0.2
 
 LONG_SPEC = JobSpec(prompt="a long job", seed=1, width=64, height=64, n=1, steps=1000)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -151,7 +144,7 @@ def test_unreachable_redis_exits_2_before_torch_or_any_write(fast_env: Path) -> 
     """With nothing listening at queue.redis_url, `imagine generate` exits 2 with one
     line naming the URL, password masked, before torch is imported or the data
     directory is created."""
-    url = f"redis://:hunter2@127.0.0.1:{_free_port()}/0"
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "cli", "generate", "a cat"],
         capture_output=True,
@@ -169,17 +162,6 @@ def test_unreachable_redis_exits_2_before_torch_or_any_write(fast_env: Path) -> 
 
 
 # -- Redis losing its data while the backend runs ---------------------------------------------
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    """A redis-server of this test alone, which it may flush (never the shared one)."""
-    server = PrivateRedis(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def _watched(server: PrivateRedis) -> Settings:
@@ -207,7 +189,7 @@ async def test_a_queued_job_redis_loses_is_queued_again_once(
     async with open_backend(settings, local_worker=False) as backend:
         job = await backend.service.submit(LONG_SPEC, user_id=1)
         assert await backend.queue.position(job.id) == 0
-        assert redis_command(private_redis.port, "FLUSHALL").startswith(b"+OK")
+        assert private_redis.command("FLUSHALL").startswith(b"+OK")
         await _queued_again(backend, job.id)
         assert await backend.queue.depth() == 1
     assert _jobs(settings.data_dir) == [(job.id, "queued", 0, False)]
@@ -244,7 +226,7 @@ async def test_a_running_job_redis_loses_is_left_to_its_worker(
         assert lease is not None and lease.job.id == running.id
         assert await backend.db.jobs.claim_attempt(running.id, lease.attempt, lease.token)
         waiting = await backend.service.submit(LONG_SPEC, user_id=2)
-        assert redis_command(private_redis.port, "FLUSHALL").startswith(b"+OK")
+        assert private_redis.command("FLUSHALL").startswith(b"+OK")
         # One reconcile queues both in submission order, if it queues the running one.
         await _queued_again(backend, waiting.id)
         assert await backend.queue.depth() == 1

@@ -4,8 +4,8 @@ signals sent to them, and the lab that stops everything a scenario started.
 Every process runs in its own process group with the session's tiny model, logging
 JSON lines to a file; a run that outlives its bound is killed (its whole group) and
 fails the test, and :class:`Lab` kills whatever is left when the test ends, pass or
-fail. The faults live in :mod:`tests.chaos.faults`, the promise checked at the end in
-:mod:`tests.chaos.invariants`.
+fail. The faults live in :mod:`tests.chaos.faults` and :mod:`tests.redis_server`, the
+promise checked at the end in :mod:`tests.chaos.invariants`.
 
 Waits poll (the log file, the process) against generous bounds that only detect a
 hang; the measured times are reported (:func:`record_timing`), never asserted.
@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from config.settings import Settings
-from tests.chaos.faults import FullDisk, PrivateRedis
+from tests.chaos.faults import FullDisk
 from tests.chaos.invariants import Snapshot, read_snapshot
+from tests.redis_server import PrivateRedis
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.chaos.faults import PrivateRedis, redis_command
 from tests.chaos.harness import live_group_members
 from tests.chaos.invariants import JobRecord, Snapshot, assert_invariants
+from tests.redis_server import PrivateRedis
 
 pytestmark = pytest.mark.chaos
 
@@ -83,14 +83,14 @@ def test_private_redis_restarts_with_or_without_its_data(tmp_path: Path) -> None
     server.start()
     try:
         assert server.port != 6379
-        redis_command(server.port, "SET", "k", "v")
+        server.command("SET", "k", "v")
         server.stop(keep_data=True)
         assert not server.ping()
         server.start()
-        assert redis_command(server.port, "GET", "k") == b"$1\r\nv\r\n"
+        assert server.command("GET", "k") == b"$1\r\nv\r\n"
         server.stop(keep_data=False)
         server.start()
-        assert redis_command(server.port, "GET", "k") == b"$-1\r\n"
+        assert server.command("GET", "k") == b"$-1\r\n"
     finally:
         server.close()
 

@@ -15,7 +15,6 @@ import pytest
 
 from backend.queue.redis import RedisQueue
 from tests.backend.queue.test_contract import make_job
-from tests.chaos.faults import PrivateRedis
 from tests.chaos.harness import (
     INTERRUPTED_STATUSES,
     POLL_S,
@@ -26,6 +25,7 @@ from tests.chaos.harness import (
     record_timing,
 )
 from tests.chaos.invariants import assert_invariants
+from tests.redis_server import PrivateRedis
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 

@@ -21,9 +21,9 @@ from backend.errors import BackendError
 from config.settings import Settings, load_settings
 from storage.db import Database
 from storage.errors import StorageError
-from tests.backend.degrade.conftest import StoppableRedis
 from tests.backend.degrade.test_ladder import PRESSURE, SHORT_QUEUE, STEADY
 from tests.fakes import FakeClock
+from tests.redis_server import PrivateRedis
 
 
 def controller_for(
@@ -250,22 +250,22 @@ async def test_a_lost_shared_override_is_put_back(
 
 
 async def test_a_change_the_store_cannot_take_applies_nothing_anywhere(
-    tmp_path: Path, stoppable_redis: StoppableRedis
+    tmp_path: Path, private_redis: PrivateRedis
 ) -> None:
     """With Redis stopped, a failed set or clear leaves this process, SQLite and Redis
     as they were, so no later start copies the failed change to any host."""
     settings, clock = load_settings(), FakeClock(start_ms=0).monotonic
     async with Database.open(tmp_path / "x.db") as db:
-        async with Redis.from_url(stoppable_redis.url) as client:
+        async with Redis.from_url(private_redis.url) as client:
             first = controller_for(settings, db, clock, RedisLevelStore(client, "x"), "a")
             await first.load()
-            stoppable_redis.stop()
+            private_redis.stop(keep_data=True)
             with pytest.raises(BackendError, match="degradation level store"):
                 await first.set_override(Level.HEAVY, 42)
             assert (first.level, first.override) == (Level.NORMAL, None)
             assert await db.state.get(OVERRIDE_KEY) is None
-        stoppable_redis.start()
-        async with Redis.from_url(stoppable_redis.url) as client:
+        private_redis.start()
+        async with Redis.from_url(private_redis.url) as client:
             store = RedisLevelStore(client, "x")
             assert await store.read_override() is None
             second = controller_for(settings, db, clock, store, "b")
@@ -273,12 +273,12 @@ async def test_a_change_the_store_cannot_take_applies_nothing_anywhere(
             assert (second.level, second.override) == (Level.NORMAL, None)
             await second.set_override(Level.MEDIUM, 7)
             pinned = second.override
-        stoppable_redis.stop()
+        private_redis.stop(keep_data=True)
         with pytest.raises(BackendError, match="degradation level store"):
             await second.clear_override(8)
         assert second.override == pinned
-        stoppable_redis.start()
-        async with Redis.from_url(stoppable_redis.url) as client:
+        private_redis.start()
+        async with Redis.from_url(private_redis.url) as client:
             store = RedisLevelStore(client, "x")
             assert pinned is not None and await store.read_override() == pinned
             assert await db.state.get(OVERRIDE_KEY) == pinned.to_dict()

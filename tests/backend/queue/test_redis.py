@@ -6,13 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import shutil
-import signal
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -29,6 +24,7 @@ from config.settings import load_settings
 from tests.backend.queue.test_contract import make_job
 from tests.conftest import REDIS_URL
 from tests.fakes import FakeClock
+from tests.redis_server import PrivateRedis
 
 
 @pytest.fixture
@@ -242,73 +238,6 @@ async def test_aging_is_timed_by_the_server_clock(
 # -- a Redis that goes away -------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on at the moment of asking."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class PrivateRedis:
-    """A ``redis-server`` of one test on a free port, to stop and start again; it keeps
-    its data over a restart only when stopped with ``keep_data``."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.dir = workdir
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start the server and wait until it answers."""
-        command = [
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--daemonize", "no",
-            "--dir", str(self.dir), "--dbfilename", "dump.rdb",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not self._answers():
-            assert self.proc.poll() is None and time.monotonic() < deadline, "no redis-server"
-            time.sleep(0.02)
-
-    def stop(self, *, keep_data: bool = False) -> None:
-        """Stop the server: SIGTERM, or SHUTDOWN SAVE to find the keys again on start."""
-        assert self.proc is not None
-        if keep_data:
-            subprocess.run(
-                ["redis-cli", "-p", str(self.port), "shutdown", "save"], capture_output=True
-            )
-        else:
-            self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-    def close(self) -> None:
-        """Kill the server if it still runs."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not on PATH")
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.close()
-
-
 async def test_calls_fail_as_unavailable_while_redis_is_down_and_work_once_back(
     private_redis: PrivateRedis,
 ) -> None:
@@ -369,16 +298,15 @@ async def test_a_frozen_redis_fails_a_waiting_claim_within_its_timeouts(
     """A Redis that accepts connections but never answers (stopped with SIGSTOP) makes
     a claim fail with QueueUnavailableError after the client's timeouts, not hang."""
     queue = RedisQueue.from_url(private_redis.url, namespace="frozen")
-    assert private_redis.proc is not None
     try:
         await queue.depth()  # connected before the freeze
-        private_redis.proc.send_signal(signal.SIGSTOP)
+        private_redis.freeze()
         try:
             bound_s = 1.0 + COMMAND_TIMEOUT_S + CONNECT_TIMEOUT_S
             with pytest.raises(QueueUnavailableError):
                 await asyncio.wait_for(queue.claim("w", lease_s=60, wait_s=1.0), bound_s)
         finally:
-            private_redis.proc.send_signal(signal.SIGCONT)
+            private_redis.thaw()
     finally:
         await queue.close()
 

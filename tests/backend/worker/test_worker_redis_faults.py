@@ -26,8 +26,9 @@ from backend.worker.worker import DeviceWorker, WorkerConfig
 from config.settings import load_settings
 from storage.db import Database
 from storage.images import ImageStore
-from tests.backend.worker.conftest import PrivateRedis, eventually
+from tests.backend.worker.conftest import eventually
 from tests.fakes import StepTimedEngine
+from tests.redis_server import PrivateRedis
 
 # Bounds that detect a hang; a healthy run takes a fraction of them.
 BOUND_S = 10.0
@@ -140,7 +141,7 @@ async def test_close_ends_within_its_bound_when_redis_is_gone(
     keeps the job with its checkpoint to be reconciled."""
     async with open_rig(tmp_path, private_redis, lease_s=5.0) as rig:
         job_id, _ = await start_job(rig, steps=2000, at_step=3)
-        private_redis.stop()
+        private_redis.stop(keep_data=True)
         await _close_within_bound(rig.worker)
         row = await rig.db.jobs.get(job_id)
         assert row is not None and row.state in ("queued", "running")
@@ -154,7 +155,7 @@ async def test_a_redis_outage_shorter_than_the_lease_leaves_the_job_running(
     the job finishes in its first attempt, never preempted."""
     async with open_rig(tmp_path, private_redis, lease_s=3.0) as rig:
         job_id, subscription = await start_job(rig, steps=250)
-        private_redis.stop()
+        private_redis.stop(keep_data=True)
         await asyncio.sleep(1.2)
         private_redis.start()
         events = await rest_of(subscription)
@@ -171,7 +172,7 @@ async def test_a_redis_outage_longer_than_the_lease_resumes_the_job_from_its_che
     checkpoint recorded; once Redis is back it is claimed again and resumes from there."""
     async with open_rig(tmp_path, private_redis, lease_s=1.0) as rig:
         job_id, subscription = await start_job(rig, steps=300, at_step=3)
-        private_redis.stop()
+        private_redis.stop(keep_data=True)
         await eventually(lambda: not rig.worker.busy)
         row = await rig.db.jobs.get(job_id)
         assert row is not None and row.state == "queued"
