@@ -23,6 +23,7 @@ from backend.errors import BadInputError, QueueUnavailableError
 from backend.events import EventBus, make_event_bus
 from backend.queue import JobQueue, RedisQueue, make_queue
 from backend.service import GenerationService
+from backend.tasks import settle, stop
 from config.settings import QueueBackend, QueueSettings, Settings, mask_url
 from storage.db import Database
 from storage.errors import DataDirInUseError
@@ -218,11 +219,8 @@ class QueueWatchdog:
         if task is None:
             return
         self._stopping.set()
-        done, _ = await asyncio.wait({task}, timeout=WATCH_CLOSE_S)
-        if not done:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if await settle({task}, WATCH_CLOSE_S):
+            await stop({task}, WATCH_CLOSE_S)
 
     async def check(self) -> int:
         """One check: if Redis lost the queue's data, queue the lost jobs again (the

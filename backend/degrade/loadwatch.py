@@ -32,6 +32,7 @@ from backend.clock import monotonic_s
 from backend.degrade.controller import DegradeController
 from backend.degrade.ladder import LoadSample
 from backend.degrade.records import HostLoad
+from backend.tasks import settle, stop
 
 if TYPE_CHECKING:
     from backend.queue.base import JobQueue
@@ -176,11 +177,8 @@ class LoadWatcher:
         if task is None:
             return
         self._stopping.set()
-        done, _ = await asyncio.wait({task}, timeout=CLOSE_TIMEOUT_S)
-        if not done:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if await settle({task}, CLOSE_TIMEOUT_S):
+            await stop({task}, CLOSE_TIMEOUT_S)
         try:
             await asyncio.shield(self._controller.withdraw())
         except Exception:

@@ -16,7 +16,7 @@ import structlog
 
 from backend.errors import LeaseLostError, QueueError
 from backend.queue.base import JobQueue, Lease, LostBecause
-from backend.worker.tasks import settle
+from backend.tasks import settle
 
 log = structlog.get_logger(__name__)
 

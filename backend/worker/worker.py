@@ -47,12 +47,12 @@ from backend.grid import encode_png, make_grid
 from backend.models import Job
 from backend.queue.base import EVERYTHING, ClaimFilter, JobQueue, Lease, LostBecause
 from backend.scheduling.preemption import Candidate, Rules, rank, steps_until_start
+from backend.tasks import final, settle, stop, supervise, wait_set
 from backend.worker.flight import Flight, rows_of, shape_of, victims_for
 from backend.worker.heartbeat import Heartbeat
 from backend.worker.leases import LeaseTimer
 from backend.worker.ledger.base import GRID_INDEX, Attempt, JobLedger, ResultImage
 from backend.worker.release import QUEUE_CALL_S, Releases
-from backend.worker.tasks import final, settle, stop, supervise, wait_set
 
 log = structlog.get_logger(__name__)
 

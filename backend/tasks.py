@@ -1,5 +1,6 @@
-"""The worker's long-lived tasks: supervised while they run, stopped within a bound, and
-final bookkeeping that runs to its end even when its caller is cancelled.
+"""Long-lived tasks (the worker's loops, the load watcher, the queue watchdog): supervised
+while they run, stopped within a bound, and final bookkeeping that runs to its end even
+when its caller is cancelled.
 
 A cancellation is not guaranteed to land: Python 3.11's ``asyncio.wait_for``, which the
 Redis client uses for every command it sends, swallows a cancel that arrives as the

@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import MutableMapping
 from typing import Any
 
-from backend.worker.tasks import final, stop, supervise
+from backend.tasks import final, stop, supervise
 
 Logs = list[MutableMapping[str, Any]]
 
