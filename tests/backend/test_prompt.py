@@ -298,7 +298,8 @@ PREFIXES = [a + b for a in HYPHENS for b in HYPHENS] + list(LONG_DASHES)
 BIDI_OVERRIDES = "\u202d\u202e"
 BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u2066\u2067\u2068\u2069"
 # Format characters that show nothing: left out of any accepted text.
-DROPPED = BIDI_CONTROLS + "\u00ad\u180e\u200b\u2060\u2061\u2062\u2063\u2064\ufeff"
+# U+2060 to U+206F whole, as the parser drops them: the reserved U+2065 included.
+DROPPED = BIDI_CONTROLS + "\u00ad\u180e\u200b\ufeff" + "".join(map(chr, range(0x2060, 0x2070)))
 # Characters that show nothing on their own but belong to the word they are in.
 SILENT = (
     "\u200c\u200d\u034f\u115f\u1160\u17b4\u180b\u3164\uffa0\u2800"
