@@ -407,6 +407,8 @@ POLICY = (
     "backend.prompt",
     "backend.errors",
     "backend.stats",
+    # The shapes model's vocabulary, drawn data and scorer: numpy and PIL only.
+    "backend.shapes",
 )
 POLICY_NEVER_REACHES = (*HEAVY, "redis", "discord")
 
@@ -475,6 +477,10 @@ TORCH_FREE = [
     "backend.bench.scheduler",
     "backend.bench.trace",
     "backend.bench.report",
+    "backend.shapes",
+    "backend.shapes.vocab",
+    "backend.shapes.draw",
+    "backend.shapes.score",
 ]
 
 

@@ -1,0 +1,1 @@
+"""The built-in "shapes" model's torch-free parts: its vocabulary, its drawn data and its scorer."""
