@@ -21,7 +21,7 @@ import pytest
 
 from backend.catalog import ModelCatalog
 from backend.errors import JobFailedError, LeaseLostError, QueueError, QueueUnavailableError
-from backend.events.base import EventKind, JobEvent, Subscription
+from backend.events.base import EventKind, Subscription
 from backend.events.memory import LocalEventBus
 from backend.models import Job, JobSpec
 from backend.queue.base import EVERYTHING, ClaimFilter, LostBecause
@@ -33,7 +33,7 @@ from backend.worker.worker import DeviceWorker, WorkerConfig
 from config.settings import load_settings
 from storage.db import Database
 from storage.images import ImageStore
-from tests.backend.worker.conftest import eventually
+from tests.backend.worker.conftest import events_until_final, eventually
 from tests.fakes import FaultyLedger, FlakyQueue, StepTimedEngine
 
 Logs = list[MutableMapping[str, Any]]
@@ -107,16 +107,6 @@ async def reach_step(rig: Rig, job_id: str, step: int = 1) -> None:
             if event.job_id == job_id and event.kind is EventKind.STEP and event.step >= step:
                 break
     watch.close()
-
-
-async def events_until_final(subscription: Subscription) -> list[JobEvent]:
-    seen: list[JobEvent] = []
-    async with asyncio.timeout(BOUND_S):
-        async for event in subscription:
-            seen.append(event)
-            if event.kind.is_final:
-                break
-    return seen
 
 
 async def released(rig: Rig, job_id: str, times: int = 1) -> bool:

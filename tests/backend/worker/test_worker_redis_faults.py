@@ -26,7 +26,7 @@ from backend.worker.worker import DeviceWorker, WorkerConfig
 from config.settings import load_settings
 from storage.db import Database
 from storage.images import ImageStore
-from tests.backend.worker.conftest import eventually
+from tests.backend.worker.conftest import events_until_final, eventually
 from tests.fakes import StepTimedEngine
 from tests.redis_server import PrivateRedis
 
@@ -109,16 +109,6 @@ def steps_after_preemption(events: list[JobEvent]) -> list[int]:
     return [event.step for event in after if event.kind is EventKind.STEP]
 
 
-async def rest_of(subscription: Subscription) -> list[JobEvent]:
-    seen: list[JobEvent] = []
-    async with asyncio.timeout(BOUND_S):
-        async for event in subscription:
-            seen.append(event)
-            if event.kind.is_final:
-                break
-    return seen
-
-
 async def test_close_in_redis_mode_ends_within_its_bound(
     tmp_path: Path, private_redis: PrivateRedis
 ) -> None:
@@ -158,7 +148,7 @@ async def test_a_redis_outage_shorter_than_the_lease_leaves_the_job_running(
         private_redis.stop(keep_data=True)
         await asyncio.sleep(1.2)
         private_redis.start()
-        events = await rest_of(subscription)
+        events = await events_until_final(subscription)
         assert events[-1].kind is EventKind.SUCCEEDED
         assert not any(event.kind is EventKind.PREEMPTED for event in events)
         row = await rig.db.jobs.get(job_id)
@@ -178,7 +168,7 @@ async def test_a_redis_outage_longer_than_the_lease_resumes_the_job_from_its_che
         assert row is not None and row.state == "queued"
         assert await rig.ledger.checkpoint(job_id)
         private_redis.start()
-        events = await rest_of(subscription)
+        events = await events_until_final(subscription)
         assert events[-1].kind is EventKind.SUCCEEDED
         assert steps_after_preemption(events)[0] > 3  # from the checkpoint, not the start
         row = await rig.db.jobs.get(job_id)
@@ -202,7 +192,7 @@ async def test_a_job_the_queue_forgot_is_queued_again_and_resumes(
             await client.flushall()
         finally:
             await client.aclose()
-        events = await rest_of(subscription)
+        events = await events_until_final(subscription)
         assert events[-1].kind is EventKind.SUCCEEDED
         assert steps_after_preemption(events)[0] > 3  # from the checkpoint, not the start
         row = await rig.db.jobs.get(job_id)
