@@ -370,6 +370,8 @@ def _device_worker(backend: Backend, ledger: JobLedger, device: torch.device) ->
         variation_strength=engine.variation_strength,
         upscale_strength=engine.upscale_strength,
         max_source_pixels=engine.max_source_pixels,
+        grid_min_tile_px=engine.grid_min_tile_px,
+        grid_resample=engine.grid_resample,
         allow=lambda: backend.degrade.restrictions.claim_filter,
         preemption=Rules.from_settings(settings.scheduler),
         on_step=backend.service.record_step,

@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 from backend.errors import BadInputError, UnknownModelError
 from backend.models import SCHEDULER_NAMES, JobSpec
-from config.settings import BUILTIN_TINY, ModelSettings, Settings
+from backend.prompt import PromptLimits
+from config.settings import BUILTIN_SHAPES, BUILTIN_TINY, ModelSettings, Settings
+
+
+def prompt_limits(settings: Settings) -> PromptLimits:
+    """The parser's limits as configured, with each model's native size."""
+    prompt, engine = settings.prompt, settings.engine
+    native = {
+        name: (model.pixel_budget or prompt.pixel_budget, model.size_multiple)
+        for name, model in engine.models.items()
+    }
+    return PromptLimits(
+        max_prompt_chars=prompt.max_prompt_chars,
+        pixel_budget=prompt.pixel_budget,
+        max_aspect=prompt.max_aspect,
+        max_steps=prompt.max_steps,
+        max_guidance=prompt.max_guidance,
+        default_n=prompt.default_n,
+        max_n=prompt.max_n,
+        native_sizes=MappingProxyType(native),
+        default_model=engine.default_model,
+    )
 
 
 class ModelCatalog:
@@ -49,5 +72,15 @@ class ModelCatalog:
 
     @staticmethod
     def is_builtin(model: ModelSettings) -> bool:
-        """Whether ``model`` is the built-in tiny pipeline (``builtin:tiny``)."""
-        return model.source == BUILTIN_TINY
+        """Whether ``model`` is one of the built-in pipelines (``builtin:shapes|tiny``)."""
+        return model.source in (BUILTIN_SHAPES, BUILTIN_TINY)
+
+    def unknown_words(self, spec: JobSpec) -> list[str]:
+        """Words of ``spec``'s prompt its model never saw in training, in prompt order;
+        empty for models whose vocabulary is not known here (every real one)."""
+        from backend.shapes.shipped import is_shapes_model
+        from backend.shapes.vocab import unknown_words
+
+        if not is_shapes_model(self.get(spec.model).source):
+            return []
+        return unknown_words(" ".join((spec.prompt, spec.negative_prompt)))

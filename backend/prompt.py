@@ -14,7 +14,9 @@ import math
 import random
 import re
 import unicodedata
+from collections.abc import Mapping
 from fractions import Fraction
+from types import MappingProxyType
 
 from backend.errors import PromptError
 from backend.models import SCHEDULER_NAMES, SEED_MAX, SIZE_MULTIPLE, JobSpec, Speed
@@ -100,6 +102,20 @@ class PromptLimits:
     max_guidance: float = 30.0
     default_n: int = 4
     max_n: int = 8
+    # Models with a native size of their own: name -> (pixel budget, size multiple).
+    # ``--ar`` resolves against the model the prompt names (``default_model`` when it
+    # names none); any other model uses ``pixel_budget`` in multiples of 64.
+    native_sizes: Mapping[str, tuple[int, int]] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    default_model: str | None = None
+
+    def size_rule(self, model: str | None) -> tuple[int, int]:
+        """(pixel budget, size multiple) that ``--ar`` resolves against for ``model``."""
+        name = model if model is not None else self.default_model
+        if name is not None and name in self.native_sizes:
+            return self.native_sizes[name]
+        return self.pixel_budget, SIZE_MULTIPLE
 
 
 @dataclasses.dataclass(slots=True)
@@ -122,7 +138,8 @@ def parse_prompt(
     _check_raw(text, limits)
     found = _collect(_tokens(text), limits)
     prompt = _prompt_text(found.text, limits)
-    aspect, (width, height) = _aspect(found.values.get("aspect"), limits)
+    model = _model(found.values.get("model"), limits)
+    aspect, (width, height) = _aspect(found.values.get("aspect"), limits, model)
     seed = _optional_whole(found.values.get("seed"), 0, SEED_MAX, limits)
     n = _optional_whole(found.values.get("n"), 1, limits.max_n, limits)
     spec = JobSpec(
@@ -135,7 +152,7 @@ def parse_prompt(
         steps=_optional_whole(found.values.get("steps"), 1, limits.max_steps, limits),
         guidance=_guidance(found.values.get("guidance"), limits),
         speed=found.speed[1] if found.speed is not None else None,
-        model=_model(found.values.get("model"), limits),
+        model=model,
         n=limits.default_n if n is None else n,
         scheduler=_scheduler(found.values.get("scheduler"), limits),
     )
@@ -171,15 +188,18 @@ def format_prompt(spec: JobSpec) -> str:
     return " ".join(parts)
 
 
-def image_size(aspect: tuple[int, int], pixel_budget: int) -> tuple[int, int]:
-    """The largest size of ratio ``aspect`` in multiples of 64 within ``pixel_budget`` pixels.
+def image_size(
+    aspect: tuple[int, int], pixel_budget: int, multiple: int = SIZE_MULTIPLE
+) -> tuple[int, int]:
+    """The largest size of ratio ``aspect`` in multiples of ``multiple`` within
+    ``pixel_budget`` pixels.
 
     Exact integer arithmetic (``isqrt(floor(x)) == floor(sqrt(x))``), so the size never
     depends on float rounding. A side is 0 when the budget is too small for the ratio.
     """
     across, down = aspect
-    width = math.isqrt(pixel_budget * across // down) // SIZE_MULTIPLE * SIZE_MULTIPLE
-    height = math.isqrt(pixel_budget * down // across) // SIZE_MULTIPLE * SIZE_MULTIPLE
+    width = math.isqrt(pixel_budget * across // down) // multiple * multiple
+    height = math.isqrt(pixel_budget * down // across) // multiple * multiple
     return width, height
 
 
@@ -299,8 +319,10 @@ def _prompt_text(tokens: list[str], limits: PromptLimits) -> str:
     return prompt
 
 
-def _aspect(given: _Given | None, limits: PromptLimits) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The reduced ratio (1:1 when not given) and the image size it resolves to."""
+def _aspect(
+    given: _Given | None, limits: PromptLimits, model: str | None
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The reduced ratio (1:1 when not given) and the size it resolves to for ``model``."""
     flag, raw = given if given is not None else ("--ar", "1:1")
     match = _RATIO.fullmatch(raw)
     if match is None:
@@ -317,12 +339,13 @@ def _aspect(given: _Given | None, limits: PromptLimits) -> tuple[tuple[int, int]
     if across > widest * down or down > widest * across:
         shape = "wider" if across > down else "taller"
         raise PromptError(flag, f"{_show(raw)} is {shape} than allowed", _form(flag, limits))
-    width, height = image_size((across, down), limits.pixel_budget)
-    if min(width, height) < SIZE_MULTIPLE:
+    budget, multiple = limits.size_rule(model)
+    width, height = image_size((across, down), budget, multiple)
+    if min(width, height) < multiple:
         raise PromptError(
             flag,
-            f"{_show(raw)} leaves a side under {SIZE_MULTIPLE} pixels "
-            f"within the budget of {limits.pixel_budget} pixels",
+            f"{_show(raw)} leaves a side under {multiple} pixels "
+            f"within the budget of {budget} pixels",
             _form(flag, limits),
         )
     return (across, down), (width, height)

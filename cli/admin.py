@@ -1,5 +1,5 @@
-"""Administration commands: ``migrate``, ``model build-tiny``, ``degrade`` and
-``config show``.
+"""Administration commands: ``migrate``, ``model build-tiny|train-shapes``, ``degrade``
+and ``config show``.
 
 Two registration functions keep ``imagine --help`` listing the commands in their
 order: setting up an installation (migrate, model) before the benchmarks, operating
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backend.errors import BadInputError
+from cli import shapes
 from cli.common import EXIT_OK, checked_user_id, settings_for
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 
 def register_setup(commands: Commands, common: argparse.ArgumentParser) -> None:
-    """Add ``imagine migrate`` and ``imagine model build-tiny``."""
+    """Add ``imagine migrate`` and ``imagine model build-tiny|train-shapes``."""
     migrate = commands.add_parser("migrate", parents=[common], help="apply database migrations")
     migrate.set_defaults(func=_cmd_migrate)
 
@@ -33,6 +34,7 @@ def register_setup(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     build_tiny.add_argument("dir", type=Path)
     build_tiny.set_defaults(func=_cmd_build_tiny)
+    shapes.add_parser(model_commands, common)
 
 
 def register_operations(commands: Commands, common: argparse.ArgumentParser) -> None:

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from backend.catalog import ModelCatalog
+from backend.catalog import ModelCatalog, prompt_limits
 from backend.errors import BackendError, BadInputError
 from backend.events.base import EventKind, JobEvent
-from backend.models import SCHEDULER_NAMES, SEED_MAX
-from backend.prompt import PromptLimits, parse_prompt
+from backend.models import SCHEDULER_NAMES, SEED_MAX, JobSpec
+from backend.prompt import parse_prompt
 from cli.common import EXIT_OK, checked_user_id, settings_for
-from config.settings import PromptSettings, Settings
+from config.settings import Settings
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -133,19 +133,6 @@ def checked_output(path: Path) -> Path:
     return path
 
 
-def prompt_limits(settings: PromptSettings) -> PromptLimits:
-    """The parser's limits as configured."""
-    return PromptLimits(
-        max_prompt_chars=settings.max_prompt_chars,
-        pixel_budget=settings.pixel_budget,
-        max_aspect=settings.max_aspect,
-        max_steps=settings.max_steps,
-        max_guidance=settings.max_guidance,
-        default_n=settings.default_n,
-        max_n=settings.max_n,
-    )
-
-
 async def generate_to_file(
     settings: Settings, text: str, output: Path | None, *, user_id: int = 0
 ) -> Path:
@@ -154,9 +141,11 @@ async def generate_to_file(
     from backend.app import open_backend
     from cli.signals import saving_on_signals
 
-    spec = parse_prompt(text, prompt_limits(settings.prompt))
-    ModelCatalog(settings).get(spec.model)  # refuse an unknown model before storing anything
+    spec = parse_prompt(text, prompt_limits(settings))
+    catalog = ModelCatalog(settings)
+    catalog.get(spec.model)  # refuse an unknown model before storing anything
     async with saving_on_signals(open_backend(settings)) as backend:
+        _note_unknown_words(catalog, spec)  # once the job can run: one line on bad input
         service = backend.service
         job_id = service.new_job_id()
         subscription = service.follow(job_id)
@@ -173,6 +162,17 @@ async def generate_to_file(
         # Only once the grid is where the user asked for it.
         await backend.db.jobs.mark_delivered(job_id)
     return output if output is not None else grid
+
+
+def _note_unknown_words(catalog: ModelCatalog, spec: JobSpec) -> None:
+    unknown = catalog.unknown_words(spec)
+    if unknown:
+        name = spec.model or catalog.default
+        print(
+            f"imagine: note: model {name!r} never saw the words {', '.join(unknown)}; "
+            "it draws whatever it makes of them",
+            file=sys.stderr,
+        )
 
 
 def _deliver(grid: Path, output: Path) -> None:

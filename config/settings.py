@@ -21,6 +21,7 @@ ENV_PREFIX = "IMAGINE_"
 ENV_NESTED = "__"
 CONFIG_ENV = "IMAGINE_CONFIG"
 BUILTIN_TINY = "builtin:tiny"
+BUILTIN_SHAPES = "builtin:shapes"
 MASK = "**********"
 # What redis-py's ``from_url`` connects to: TCP, TLS, or a Unix socket.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -104,16 +105,34 @@ class ModelFamily(StrEnum):
 class ModelSettings(_Section):
     """One model: where it loads from and the defaults a prompt may override."""
 
-    source: str = Field(min_length=1, description="Hub id, local folder, or builtin:tiny")
+    source: str = Field(
+        min_length=1, description="Hub id, local folder, builtin:shapes or builtin:tiny"
+    )
     family: ModelFamily = ModelFamily.SD15
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     default_steps: int = Field(default=30, ge=1, le=500)
     default_guidance: float = Field(default=7.0, ge=0, le=30)
     scheduler: str = "euler"
+    # The model's native area: --ar picks a size of about this many pixels, each side a
+    # multiple of size_multiple. None: prompt.pixel_budget (SD1.5's 512x512 by default).
+    pixel_budget: int | None = Field(default=None, ge=16 * 16, le=4096 * 4096)
+    size_multiple: int = Field(default=64, ge=8, le=256, multiple_of=8)
 
 
-def _tiny_models() -> dict[str, ModelSettings]:
-    return {"tiny": ModelSettings(source=BUILTIN_TINY, default_steps=8)}
+def _builtin_models() -> dict[str, ModelSettings]:
+    return {
+        # Trained by `imagine model train-shapes`; draws coloured shapes at 32x32.
+        "shapes": ModelSettings(
+            source=BUILTIN_SHAPES,
+            default_steps=20,
+            default_guidance=7.5,
+            scheduler="euler",
+            pixel_budget=32 * 32,
+            size_multiple=8,
+        ),
+        # Random weights in SD1.5's layout: fast plumbing checks, noise for pictures.
+        "tiny": ModelSettings(source=BUILTIN_TINY, default_steps=8),
+    }
 
 
 class EngineSettings(_Section):
@@ -121,8 +140,8 @@ class EngineSettings(_Section):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(default=None, ge=1, le=256)
-    default_model: str = "tiny"
-    models: dict[str, ModelSettings] = Field(default_factory=_tiny_models)
+    default_model: str = "shapes"
+    models: dict[str, ModelSettings] = Field(default_factory=_builtin_models)
     # Continuous batching: UNet rows per step (a guided sample takes two), and how
     # long an idle device waits for near-simultaneous jobs to start together.
     max_batch_rows: int = Field(default=16, ge=1, le=256)
@@ -142,6 +161,29 @@ class EngineSettings(_Section):
     upscale_factor: int = Field(default=2, ge=2, le=4)
     # Largest img2img source accepted, in pixels.
     max_source_pixels: int = Field(default=4096 * 4096, ge=64 * 64)
+    # The grid shown to users: tiles smaller than this many pixels on their shorter
+    # side are scaled up to it (stored samples keep their own pixels); 0: never.
+    grid_min_tile_px: int = Field(default=256, ge=0, le=2048)
+    grid_resample: Literal["nearest", "lanczos"] = "lanczos"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _over_the_builtins(cls, models: object) -> object:
+        # Declared models are added to the built-in ones; a declared "shapes" or "tiny"
+        # changes only the keys it names (a retrained shapes folder as its source keeps
+        # the native size and defaults).
+        if not isinstance(models, dict):
+            return models
+        merged: dict[str, object] = {
+            name: model.model_dump() for name, model in _builtin_models().items()
+        }
+        for name, declared in models.items():
+            builtin = merged.get(name)
+            if isinstance(builtin, dict) and isinstance(declared, dict):
+                merged[name] = {**builtin, **declared}
+            else:
+                merged[name] = declared
+        return merged
 
     @field_validator("models")
     @classmethod

@@ -47,10 +47,22 @@ def engine_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: 
     small images. Returns the data directory."""
     data_dir = tmp_path / "data"
     monkeypatch.setenv("IMAGINE_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("IMAGINE_ENGINE__DEFAULT_MODEL", "tiny")
     monkeypatch.setenv("IMAGINE_ENGINE__MODELS__TINY__SOURCE", str(tiny_model_dir))
     monkeypatch.setenv("IMAGINE_ENGINE__MODELS__TINY__DEFAULT_STEPS", "2")
     monkeypatch.setenv("IMAGINE_ENGINE__DEVICE", "cpu")
     monkeypatch.setenv("IMAGINE_PROMPT__PIXEL_BUDGET", str(128 * 128))
+    monkeypatch.setenv("IMAGINE_LOG__FORMAT", "json")
+    return data_dir
+
+
+@pytest.fixture
+def shapes_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Environment for the product's default: own data dir, the shipped shapes model with
+    its catalog defaults, the CPU. Returns the data directory."""
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("IMAGINE_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("IMAGINE_ENGINE__DEVICE", "cpu")
     monkeypatch.setenv("IMAGINE_LOG__FORMAT", "json")
     return data_dir
 

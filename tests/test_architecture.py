@@ -407,8 +407,12 @@ POLICY = (
     "backend.prompt",
     "backend.errors",
     "backend.stats",
-    # The shapes model's vocabulary, drawn data and scorer: numpy and PIL only.
-    "backend.shapes",
+    # The shapes model's vocabulary, drawn data, scorer and file check: numpy and PIL
+    # only (its training and evaluation use torch, and are not policy).
+    "backend.shapes.vocab",
+    "backend.shapes.draw",
+    "backend.shapes.score",
+    "backend.shapes.shipped",
 )
 POLICY_NEVER_REACHES = (*HEAVY, "redis", "discord")
 
@@ -417,6 +421,8 @@ TORCH_FREE = [
     "bot",
     "cli",
     "cli.generate",
+    "cli.admin",
+    "cli.shapes",
     "config",
     "config.settings",
     "config.logging",
@@ -481,6 +487,8 @@ TORCH_FREE = [
     "backend.shapes.vocab",
     "backend.shapes.draw",
     "backend.shapes.score",
+    "backend.shapes.shipped",
+    "backend.shapes.card",
 ]
 
 

@@ -15,7 +15,7 @@ import torch
 from backend.catalog import ModelCatalog
 from backend.engine.hardware import pick_dtype, quiet_model_libraries
 from backend.errors import ModelLoadError
-from config.settings import ModelFamily, Settings
+from config.settings import BUILTIN_SHAPES, ModelFamily, Settings
 
 if TYPE_CHECKING:
     from backend.engine.runtime import ModelRuntime
@@ -46,8 +46,13 @@ class ModelRegistry:
         quiet_model_libraries()
 
     def source_of(self, name: str) -> str:
-        """Where the model loads from; builds the embedded tiny model on first use."""
+        """Where the model loads from: the shipped shapes pipeline once its files check
+        out, the embedded tiny model (built on first use), or the declared source."""
         model = self._catalog.get(name)
+        if model.source == BUILTIN_SHAPES:
+            from backend.shapes.shipped import checked_pipeline
+
+            return str(checked_pipeline(name))
         if ModelCatalog.is_builtin(model):
             from backend.engine.tiny import ensure_tiny_model
 

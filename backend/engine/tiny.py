@@ -187,16 +187,22 @@ def _make_vae() -> Any:
 
 
 def _make_text_encoder(vocab: dict[str, int]) -> Any:
+    return clip_text_encoder(vocab, width=32)
+
+
+def clip_text_encoder(vocab: dict[str, int], width: int, layers: int = 2, heads: int = 4) -> Any:
+    """A small CLIP text model over ``vocab`` (the project's BPE tokenizer), 77 positions,
+    MLP twice as wide as ``width``, random weights from torch's current seed."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(
         vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         max_position_embeddings=MAX_PROMPT_TOKENS,
-        projection_dim=32,
+        projection_dim=width,
         bos_token_id=vocab[START_TOKEN],
         eos_token_id=vocab[END_TOKEN],
         pad_token_id=vocab[END_TOKEN],

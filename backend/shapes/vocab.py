@@ -6,6 +6,7 @@ held-out evaluation set and the scorer all read these values and nothing else.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
@@ -173,3 +174,18 @@ def combinations() -> list[Combination]:
         for background in BACKGROUNDS
         if color != background
     ]
+
+
+def known_words() -> frozenset[str]:
+    """Every word a training caption uses: the vocabulary and the templates' own words."""
+    captions = " ".join((*TEMPLATES, *POSITION_PHRASE.values(), "an"))
+    template_words = re.findall(r"[a-z]+", re.sub(r"\{[a-z]+\}", " ", captions))
+    vocabulary = [str(word) for word in (*Color, *Shape, *Size, *Position)]
+    return frozenset((*template_words, *vocabulary))
+
+
+def unknown_words(text: str) -> list[str]:
+    """The words of ``text`` no training caption uses, lowercased, first occurrence first."""
+    known = known_words()
+    found = re.findall(r"[^\W\d_]+", text.lower())
+    return list(dict.fromkeys(word for word in found if word not in known))

@@ -93,6 +93,9 @@ class WorkerConfig:
     variation_strength: float = 0.6
     upscale_strength: float = 0.3
     max_source_pixels: int = 4096 * 4096
+    # The grid's tiles are scaled up to this many pixels on their shorter side.
+    grid_min_tile_px: int = 0
+    grid_resample: str = "lanczos"
     # What the device may start now (the degradation ladder's pauses).
     allow: Callable[[], ClaimFilter] = lambda: EVERYTHING
     # Throughput for start-time estimates: (solo device-seconds of work done in one
@@ -565,7 +568,10 @@ class DeviceWorker:
                 log.info("job_preempting", job_id=job_id, for_job=waiting)
 
     async def _succeed(self, job: Job, samples: list[Image.Image], flight: Flight) -> None:
-        images = await asyncio.to_thread(_encode, samples)
+        config = self.config
+        images = await asyncio.to_thread(
+            _encode, samples, config.grid_min_tile_px, config.grid_resample
+        )
         run_s = time.monotonic() - flight.started_s
         paths = await final(
             self._ledger.succeeded(job, flight.attempt, images, run_s), BOOKKEEPING_S
@@ -664,9 +670,10 @@ class DeviceWorker:
         self._engine.evict(job_id)
 
 
-def _encode(samples: list[Image.Image]) -> list[ResultImage]:
-    """The grid, then each sample, as PNG; blocking, so run it in a thread."""
-    ordered = [(GRID_INDEX, make_grid(samples)), *enumerate(samples)]
+def _encode(samples: list[Image.Image], min_tile_px: int, resample: str) -> list[ResultImage]:
+    """The grid (tiles scaled up to ``min_tile_px``), then each sample at its own size,
+    as PNG; blocking, so run it in a thread."""
+    ordered = [(GRID_INDEX, make_grid(samples, min_tile_px, resample)), *enumerate(samples)]
     return [
         ResultImage(index, encode_png(image), image.width, image.height) for index, image in ordered
     ]

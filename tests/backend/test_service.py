@@ -58,8 +58,9 @@ async def test_variation_upscale_and_reroll(app: Backend) -> None:
     assert all(row is not None and row.parent_job_id == parent for row in rows.values())
     assert [row.kind for row in rows.values() if row] == ["variation", "upscale", "reroll"]
     upscaled = await app.db.images.list_for_job(upscale)
+    # The sample keeps its pixels; the grid shows it scaled 2x to a 256 px tile.
     assert [(image.idx, image.width, image.height) for image in upscaled] == [
-        (-1, 128, 128),
+        (-1, 256, 256),
         (0, 128, 128),
     ]
     with Image.open(upscaled[1].path) as image:

@@ -94,6 +94,7 @@ class ChaosEnv:
             "TOKENIZERS_PARALLELISM": "false",
             "PYTHONUNBUFFERED": "1",
             "IMAGINE_DATA_DIR": str(self.data_dir),
+            "IMAGINE_ENGINE__DEFAULT_MODEL": "tiny",
             "IMAGINE_ENGINE__MODELS__TINY__SOURCE": str(self.model_dir),
             "IMAGINE_ENGINE__DEVICE": "cpu",
             "IMAGINE_ENGINE__TORCH_THREADS": "1",

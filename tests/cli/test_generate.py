@@ -42,7 +42,8 @@ def test_generate_end_to_end(engine_env: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(out)
     with Image.open(out) as grid:
-        assert grid.format == "PNG" and grid.size == (2 * 128, 2 * 64)
+        # 128x64 samples, each tile scaled 4x to reach 256 px on its shorter side.
+        assert grid.format == "PNG" and grid.size == (2 * 512, 2 * 256)
     with sqlite3.connect(engine_env / "imagine.db") as db:
         state, delivered, spec = db.execute(
             "SELECT state, delivered_at_ms, spec_json FROM jobs"
@@ -101,7 +102,7 @@ def test_unknown_model_lists_available(
 ) -> None:
     """An unknown --model is refused with the list of available models."""
     assert main(["generate", "a cat --model sdxl"]) == 2
-    assert "available models: tiny" in capsys.readouterr().err
+    assert "available models: shapes, tiny" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("where", ["missing", "unwritable", "directory"])

@@ -29,10 +29,16 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_defaults_need_no_file_and_no_token() -> None:
-    """With nothing configured the embedded default loads: memory queue, tiny model, no token."""
+    """With nothing configured the embedded default loads: memory queue, the shipped shapes
+    model with its own native size and defaults (the random tiny one beside it), no token."""
     settings = load_settings()
     assert settings.queue.backend is QueueBackend.MEMORY
-    assert settings.engine.default_model == "tiny"
+    assert settings.engine.default_model == "shapes"
+    shapes = settings.engine.models["shapes"]
+    assert shapes.source == "builtin:shapes"
+    assert (shapes.pixel_budget, shapes.size_multiple) == (32 * 32, 8)
+    assert (shapes.default_steps, shapes.default_guidance, shapes.scheduler) == (20, 7.5, "euler")
+    assert settings.engine.models["tiny"].source == "builtin:tiny"
     assert settings.discord.token is None
 
 
@@ -89,7 +95,7 @@ def test_malformed_and_missing_files_are_clear_errors(tmp_path: Path) -> None:
 def test_default_model_must_be_declared(monkeypatch: pytest.MonkeyPatch) -> None:
     """engine.default_model naming an undeclared model is refused with the declared names."""
     monkeypatch.setenv("IMAGINE_ENGINE__DEFAULT_MODEL", "sdxl")
-    with pytest.raises(SettingsError, match=r"engine\.default_model='sdxl'.*tiny"):
+    with pytest.raises(SettingsError, match=r"engine\.default_model='sdxl'.*shapes.*tiny"):
         load_settings()
 
 

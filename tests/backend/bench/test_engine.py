@@ -33,4 +33,4 @@ def test_bench_engine_refuses_unknown_model(
 ) -> None:
     """An unknown --model exits 2 with the list of models."""
     assert main(["bench", "engine", "--model", "nope"]) == 2
-    assert "available models: tiny" in capsys.readouterr().err
+    assert "available models: shapes, tiny" in capsys.readouterr().err

@@ -52,7 +52,7 @@ async def test_job_is_stored_with_grid_samples_and_progress(app: Backend) -> Non
     assert [(e.step, e.total) for e in steps] == [(1, 3), (2, 3)]
     assert all(e.eta_s is not None and e.preview for e in steps)
     with Image.open(events[-1].images[0]) as grid:
-        assert grid.size == (128, 64)
+        assert grid.size == (2 * 256, 256)  # 64 px samples, tiles scaled 4x to 256 px
     row = await app.db.jobs.get(job_id)
     assert row is not None and row.state == "succeeded" and row.attempts == 1
     assert [image.idx for image in await app.db.images.list_for_job(job_id)] == [-1, 0, 1]
