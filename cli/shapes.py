@@ -45,13 +45,13 @@ def add_parser(
     train.add_argument("dir", type=Path)
     train.add_argument("--seed", type=at_least(0), default=0, help="default: 0")
     train.add_argument(
-        "--steps", type=positive_int, default=4000, help="UNet training steps (default: 4000)"
+        "--steps", type=positive_int, default=4400, help="UNet training steps (default: 4400)"
     )
     train.add_argument(
         "--vae-steps",
         type=positive_int,
-        default=800,
-        help="autoencoder training steps (default: 800)",
+        default=1200,
+        help="autoencoder training steps (default: 1200)",
     )
     train.add_argument(
         "--samples", type=at_least(8), default=16384, help="drawn images (default: 16384)"

@@ -53,7 +53,7 @@ def write_card(
     }
     (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     command = f"imagine model train-shapes DIR --seed {plan.seed} --steps {plan.unet_steps}"
-    if plan.vae_steps != 800:
+    if plan.vae_steps != 1200:
         command += f" --vae-steps {plan.vae_steps}"
     if plan.samples != 16384:
         command += f" --samples {plan.samples}"

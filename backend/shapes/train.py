@@ -68,8 +68,8 @@ class TrainPlan:
     """Everything that decides the weights; the same plan gives the same bytes."""
 
     seed: int = 0
-    unet_steps: int = 4000
-    vae_steps: int = 800
+    unet_steps: int = 4400
+    vae_steps: int = 1200
     samples: int = 16384
     unet_batch: int = 64
     vae_batch: int = 32

@@ -293,8 +293,9 @@ async def test_variation_keeps_its_parents_picture_and_reroll_its_prompt(app: Ba
 
 async def test_grid_tiles_are_the_jobs_own_samples_in_order(app: Backend) -> None:
     """Each job's grid is its own four samples, 2x2 in sample order, each scaled up to at
-    least 256 px: every tile reads as the job's prompt and as its sample, and scaled back
-    down it is nearest to that sample of all eight the two jobs drew."""
+    least 256 px: every tile reads as its sample and, scaled back down, is nearest to that
+    sample of all eight the two jobs drew; at least three of the four read as the job's
+    prompt (the model draws a held-in prompt right about 96% of the time)."""
     asked = {1: CROWD[1], 2: CROWD[4]}
     jobs = {
         user_id: await submit(app, job_spec(shape, 50 * user_id, n=4), user_id=user_id)
@@ -320,7 +321,9 @@ async def test_grid_tiles_are_the_jobs_own_samples_in_order(app: Backend) -> Non
             distances = {key: _distance(small, pixels(other)) for key, other in samples.items()}
             assert min(distances, key=distances.__getitem__) == (user_id, index)
             assert distances[user_id, index] < TILE_MATCH, distances
-            assert read(tile) == read(sample) == shape.combination, (user_id, index)
+            assert read(tile) == read(sample), (user_id, index)
+        drawn = [read(samples[user_id, index]) for index in range(4)]
+        assert drawn.count(shape.combination) >= 3, (user_id, drawn)
 
 
 async def _spec_of(app: Backend, job_id: str) -> JobSpec:
