@@ -24,6 +24,14 @@ def quiet_model_libraries() -> None:
         logging_utils.disable_progress_bar()
 
 
+def untyped_diffusers() -> Any:
+    """The ``diffusers`` module, typed ``Any``: its constructors are not annotated, which
+    strict mypy would reject at every call. Imported on first use (torch comes with it)."""
+    import diffusers
+
+    return diffusers
+
+
 def pick_device(preference: str) -> torch.device:
     """``cuda`` when asked for or available under ``auto``, else ``cpu``."""
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):

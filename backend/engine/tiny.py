@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from backend.engine.hardware import untyped_diffusers
 from backend.engine.tokenizer import (
     DEFAULT_VOCAB_SIZE,
     END_TOKEN,
@@ -140,7 +141,7 @@ def _build_into(folder: Path, seed: int) -> None:
                 components[name] = make().eval()
         finally:
             torch.set_default_dtype(previous_dtype)
-    pipe = _diffusers().StableDiffusionPipeline(
+    pipe = untyped_diffusers().StableDiffusionPipeline(
         tokenizer=tokenizer,
         scheduler=_make_scheduler(),
         safety_checker=None,
@@ -157,7 +158,7 @@ def _build_into(folder: Path, seed: int) -> None:
 
 
 def _make_unet() -> Any:
-    return _diffusers().UNet2DConditionModel(
+    return untyped_diffusers().UNet2DConditionModel(
         sample_size=64,  # latents; 64 * 8 = 512 px by default, as SD1.5
         in_channels=4,
         out_channels=4,
@@ -172,7 +173,7 @@ def _make_unet() -> Any:
 
 
 def _make_vae() -> Any:
-    return _diffusers().AutoencoderKL(
+    return untyped_diffusers().AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
@@ -211,12 +212,4 @@ def clip_text_encoder(vocab: dict[str, int], width: int, layers: int = 2, heads:
 
 
 def _make_scheduler() -> Any:
-    return _diffusers().EulerDiscreteScheduler(**SD15_SCHEDULER)
-
-
-def _diffusers() -> Any:
-    # Imported late (torch comes with it) and untyped: diffusers' constructors are not
-    # annotated, which strict mypy would reject at every call.
-    import diffusers
-
-    return diffusers
+    return untyped_diffusers().EulerDiscreteScheduler(**SD15_SCHEDULER)

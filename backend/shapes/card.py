@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backend.shapes.shipped import CARD, MARKER, read_marker
+from backend.shapes.shipped import CARD, read_marker, write_marker
 from backend.shapes.vocab import (
     BACKGROUNDS,
     HELD_OUT,
@@ -51,7 +50,7 @@ def write_card(
         "size_px": sampling.size_px,
         "seeds_per_prompt": eval_seeds,
     }
-    (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    write_marker(folder, marker)
     command = f"imagine model train-shapes DIR --seed {plan.seed} --steps {plan.unet_steps}"
     if plan.vae_steps != 1200:
         command += f" --vae-steps {plan.vae_steps}"

@@ -86,9 +86,9 @@ def accuracy(specs: Sequence[ShapeSpec], images: Sequence[Image.Image]) -> Accur
 
 def load_pipeline(folder: Path) -> Any:
     """The pipeline in ``folder``, in float32 on the CPU, progress bars off."""
-    diffusers = _diffusers()
+    from backend.engine.hardware import quiet_model_libraries, untyped_diffusers
 
-    from backend.engine.hardware import quiet_model_libraries
+    diffusers = untyped_diffusers()
 
     quiet_model_libraries()
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(
@@ -138,11 +138,3 @@ def evaluate(
         if progress is not None:
             progress(done, len(groups))
     return results
-
-
-def _diffusers() -> Any:
-    # Imported late and untyped: diffusers' constructors are not annotated, which
-    # strict mypy would reject at every call.
-    import diffusers
-
-    return diffusers

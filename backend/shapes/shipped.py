@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from backend.errors import ModelLoadError
+from config.settings import BUILTIN_SHAPES
 
 PIPELINE_DIR: Final = Path(__file__).resolve().parent / "pipeline"
 """The shipped pipeline's folder, inside the installed package."""
@@ -40,10 +41,14 @@ def file_hashes(folder: Path) -> dict[str, str]:
 
 def seal(folder: Path) -> None:
     """Record the hashes of ``folder``'s files in its marker (written by training)."""
-    marker_path = folder / MARKER
-    marker = json.loads(marker_path.read_text(encoding="utf-8"))
+    marker = read_marker(folder)
     marker["files"] = file_hashes(folder)
-    marker_path.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    write_marker(folder, marker)
+
+
+def write_marker(folder: Path, marker: dict[str, Any]) -> None:
+    """Write ``folder``'s marker (indented JSON)."""
+    (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
 
 
 def read_marker(folder: Path) -> dict[str, Any]:
@@ -54,7 +59,7 @@ def read_marker(folder: Path) -> dict[str, Any]:
 
 def is_shapes_model(source: str) -> bool:
     """Whether ``source`` is the shipped shapes model or a folder ``train-shapes`` wrote."""
-    if source == "builtin:shapes":
+    if source == BUILTIN_SHAPES:
         return True
     try:
         return bool(read_marker(Path(source)).get("builder") == BUILDER)
@@ -70,7 +75,7 @@ def checked_pipeline(name: str, folder: Path | None = None) -> Path:
     rebuild it.
     """
     folder = folder if folder is not None else PIPELINE_DIR
-    source = "builtin:shapes"
+    source = BUILTIN_SHAPES
     marker_path = folder / MARKER
     try:
         expected = _listed_files(read_marker(folder))

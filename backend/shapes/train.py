@@ -11,7 +11,6 @@ a standard Stable Diffusion folder (``save_pretrained``) that the stock
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -24,9 +23,11 @@ import structlog
 import torch
 import torch.nn.functional as F
 
+from backend.engine.hardware import untyped_diffusers
+from backend.engine.tiny import MAX_PROMPT_TOKENS, SD15_SCHEDULER, clip_text_encoder
 from backend.engine.tokenizer import train_bpe, write_clip_tokenizer
 from backend.shapes.draw import training_samples
-from backend.shapes.shipped import BUILDER
+from backend.shapes.shipped import BUILDER, write_marker
 from backend.shapes.vocab import (
     BACKGROUNDS,
     POSITION_PHRASE,
@@ -40,24 +41,15 @@ from backend.shapes.vocab import (
 log = structlog.get_logger(__name__)
 
 IMAGE_PX = 32
-MAX_PROMPT_TOKENS = 77
 TOKENIZER_VOCAB = 600
 CFG_DROPOUT = 0.1
 MIN_SNR_GAMMA = 5.0
 EMA_DECAY = 0.999
 GRADIENT_CLIP = 1.0
 MARKER = {"family": "sd15", "builder": BUILDER, "format": 1}
+"""What every trained folder's marker says of it, beside its training report."""
 
-# The noise schedule SD1.5 was trained on; sampling uses the same one with Euler.
-NOISE_SCHEDULE = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "prediction_type": "epsilon",
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-}
+# Training uses SD1.5's noise schedule (SD15_SCHEDULER); sampling the same one with Euler.
 
 Progress = Callable[[str, int, int, float], None]
 """Called as ``progress(stage, step, total, loss)`` after every training step."""
@@ -148,7 +140,7 @@ def train(folder: Path, plan: TrainPlan, progress: Progress | None = None) -> Tr
 
 
 def _train(folder: Path, plan: TrainPlan, progress: Progress | None) -> TrainReport:
-    diffusers = _diffusers()
+    diffusers = untyped_diffusers()
     from transformers import CLIPTokenizer
 
     stage_s: dict[str, float] = {}
@@ -182,7 +174,7 @@ def _train(folder: Path, plan: TrainPlan, progress: Progress | None) -> TrainRep
         text_encoder=text_encoder.eval(),
         tokenizer=tokenizer,
         unet=unet.eval(),
-        scheduler=diffusers.EulerDiscreteScheduler(**NOISE_SCHEDULE),
+        scheduler=diffusers.EulerDiscreteScheduler(**SD15_SCHEDULER),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -196,8 +188,7 @@ def _train(folder: Path, plan: TrainPlan, progress: Progress | None) -> TrainRep
         for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))
     }
     report = TrainReport(plan, stage_s, losses, parameters, torch.get_num_threads())
-    marker = {**MARKER, "training": report.as_dict()}
-    (folder / "imagine_model.json").write_text(json.dumps(marker, indent=2) + "\n")
+    write_marker(folder, {**MARKER, "training": report.as_dict()})
     return report
 
 
@@ -227,7 +218,7 @@ def _token_ids(tokenizer: Any, captions: list[str]) -> torch.Tensor:
 
 def make_vae() -> Any:
     """The shapes model's autoencoder: three levels (4x latent scale), four latent channels."""
-    diffusers = _diffusers()
+    diffusers = untyped_diffusers()
 
     return diffusers.AutoencoderKL(
         in_channels=3,
@@ -244,7 +235,7 @@ def make_vae() -> Any:
 
 def make_unet() -> Any:
     """The shapes model's UNet: SD's block kinds on three levels, cross-attention width 64."""
-    diffusers = _diffusers()
+    diffusers = untyped_diffusers()
 
     return diffusers.UNet2DConditionModel(
         sample_size=IMAGE_PX // 4,
@@ -262,8 +253,6 @@ def make_unet() -> Any:
 
 def make_text_encoder(vocab: dict[str, int]) -> Any:
     """A two-layer CLIP text model of width 64 over the caption tokenizer's vocabulary."""
-    from backend.engine.tiny import clip_text_encoder
-
     return clip_text_encoder(vocab, width=64)
 
 
@@ -308,7 +297,7 @@ def _train_unet(
     plan: TrainPlan,
     progress: Progress,
 ) -> tuple[Any, Any, float]:
-    diffusers = _diffusers()
+    diffusers = untyped_diffusers()
 
     torch.manual_seed(plan.seed + 2)
     unet = make_unet().train()
@@ -316,7 +305,7 @@ def _train_unet(
     params = [*unet.parameters(), *text_encoder.parameters()]
     ema = [p.detach().clone() for p in params]
     optimizer = torch.optim.AdamW(params, lr=plan.unet_lr, weight_decay=0.01)
-    schedule = diffusers.DDPMScheduler(**NOISE_SCHEDULE)
+    schedule = diffusers.DDPMScheduler(**SD15_SCHEDULER)
     alphas = schedule.alphas_cumprod
     snr = alphas / (1 - alphas)
     weights = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
@@ -353,11 +342,3 @@ def _train_unet(
         for average, param in zip(ema, params, strict=True):
             param.copy_(average)
     return unet, text_encoder, loss_value
-
-
-def _diffusers() -> Any:
-    # Imported late and untyped: diffusers' constructors are not annotated, which
-    # strict mypy would reject at every call.
-    import diffusers
-
-    return diffusers
