@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +21,10 @@ from backend.degrade.controller import DegradeController
 from backend.degrade.loadwatch import LoadWatcher
 from backend.errors import BadInputError, QueueUnavailableError
 from backend.events import EventBus, make_event_bus
+from backend.models import Lane
+from backend.operations import Parts, load_paused_lanes
 from backend.queue import JobQueue, RedisQueue, make_queue
+from backend.scheduling.fairness import ClaimFilter
 from backend.service import GenerationService
 from backend.tasks import settle, stop
 from config.settings import QueueBackend, QueueSettings, Settings, mask_url
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     import torch
     from redis.asyncio import Redis
 
+    from backend.engine.registry import ModelRegistry
     from backend.worker.ledger.base import JobLedger
     from backend.worker.worker import DeviceWorker
 
@@ -64,6 +68,10 @@ class Backend:
     service: GenerationService
     degrade: DegradeController
     workers: list[DeviceWorker] = field(default_factory=list)
+    # Lanes an admin paused: their queued jobs stay queued and nothing of them starts.
+    paused_lanes: set[Lane] = field(default_factory=set)
+    # The model registry of each local device (admin model load and unload).
+    registries: list[ModelRegistry] = field(default_factory=list)
     # What :meth:`stop` gives running jobs by default; :meth:`interrupt` sets it to 0.
     drain_s: float = DRAIN_S
     _stopping: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
@@ -72,6 +80,27 @@ class Backend:
     def held_jobs(self) -> int:
         """How many jobs this process's workers hold (running, or claimed to run next)."""
         return sum(len(worker.held_job_ids) for worker in self.workers)
+
+    def parts(self) -> Parts:
+        """What admin operations act on (:class:`backend.operations.Operations`)."""
+        return Parts(
+            self.db,
+            self.queue,
+            self.degrade,
+            self.service,
+            self.catalog,
+            self.workers,
+            self.registries,
+            self.paused_lanes,
+        )
+
+    def claim_filter(self) -> ClaimFilter:
+        """What this process's devices may start now: the degradation level's filter
+        without the paused lanes."""
+        restricted = self.degrade.restrictions.claim_filter
+        if not self.paused_lanes:
+            return restricted
+        return replace(restricted, lanes=restricted.lanes - frozenset(self.paused_lanes))
 
     def interrupt(self) -> None:
         """Save the jobs this process holds at their next step instead of letting them
@@ -164,6 +193,7 @@ async def open_backend(settings: Settings, *, local_worker: bool = True) -> Asyn
             ),
         )
         backend = Backend(settings, db, images, queue, catalog, events, service, degrade)
+        backend.paused_lanes.update(await load_paused_lanes(db))
         try:
             if isinstance(queue, RedisQueue):
                 # Before the start-up reconcile: a loss from then on is seen.
@@ -372,15 +402,17 @@ def _device_worker(backend: Backend, ledger: JobLedger, device: torch.device) ->
         max_source_pixels=engine.max_source_pixels,
         grid_min_tile_px=engine.grid_min_tile_px,
         grid_resample=engine.grid_resample,
-        allow=lambda: backend.degrade.restrictions.claim_filter,
+        allow=backend.claim_filter,
         preemption=Rules.from_settings(settings.scheduler),
         on_step=backend.service.record_step,
         on_start=backend.service.job_started,
     )
+    registry = ModelRegistry(settings, backend.catalog, device)
+    backend.registries.append(registry)
     return DeviceWorker(
         config,
         backend.queue,
-        make_engine_factory(ModelRegistry(settings, backend.catalog, device), engine, str(device)),
+        make_engine_factory(registry, engine, str(device)),
         backend.catalog,
         ledger,
         backend.events,

@@ -131,3 +131,23 @@ class QueueUnavailableError(QueueError):
         self.namespace = namespace
         self.reason = reason
         super().__init__(f"queue {namespace!r}: Redis unreachable: {reason}")
+
+
+class BannedUserError(BadInputError):
+    """The user is banned from the service; ``reason`` is the admin's, if one was given."""
+
+    def __init__(self, user_id: int, reason: str | None) -> None:
+        self.user_id = user_id
+        self.reason = reason
+        because = f": {reason}" if reason else ""
+        super().__init__(f"you are banned from this service{because}")
+
+
+class BannedWordError(BadInputError):
+    """A prompt holds a banned word. The message says so without naming the list entry;
+    ``entry`` and ``matched`` (normalised) are for the log only."""
+
+    def __init__(self, entry: str, matched: str) -> None:
+        self.entry = entry
+        self.matched = matched
+        super().__init__("your prompt contains a banned word; rephrase it and try again")

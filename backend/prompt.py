@@ -162,6 +162,29 @@ def parse_prompt(
     return dataclasses.replace(spec, seed=seed)
 
 
+def with_defaults(text: str, *defaults: str, limits: PromptLimits = PromptLimits()) -> str:
+    """``text`` completed by ``defaults``, each prompt text of its own (a user's suffix,
+    their preferred flags, a guild's default speed): the words of each are appended, and
+    each flag only where neither ``text`` nor an earlier default sets its field, so
+    flags typed in ``text`` always win. Raises :class:`PromptError` for a malformed one.
+    """
+    _check_raw(text, limits)
+    found = _collect(_tokens(text), limits)
+    given = set(found.values) | ({"speed"} if found.speed is not None else set())
+    parts = [text.strip()]
+    for extra in defaults:
+        more = _collect(_tokens(extra), limits)
+        parts.extend(more.text)
+        for name, (flag, value) in more.values.items():
+            if name not in given:
+                given.add(name)
+                parts.append(f"{flag} {value}")
+        if more.speed is not None and "speed" not in given:
+            given.add("speed")
+            parts.append(more.speed[0])
+    return " ".join(part for part in parts if part)
+
+
 def format_prompt(spec: JobSpec) -> str:
     """Write a spec as prompt text that :func:`parse_prompt` turns back into the same spec.
 

@@ -49,11 +49,6 @@ class QueueStatus:
     finish_in_s: float
 
 
-# Estimates kept for the correction, per job, until the job starts (bounded).
-MAX_TRACKED_ESTIMATES = 100_000
-UNRESTRICTED = Restrictions(Level.NORMAL)
-
-
 class JobKind(StrEnum):
     """How a job came about: a fresh prompt, or a follow-up of a finished one."""
 
@@ -61,6 +56,35 @@ class JobKind(StrEnum):
     VARIATION = "variation"
     UPSCALE = "upscale"
     REROLL = "reroll"
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """What a front end may know of a stored job: its request, where it stands, and
+    its images once it succeeded (the grid first, then one path per sample)."""
+
+    id: str
+    kind: JobKind
+    parent_job_id: str | None
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
+    spec: JobSpec
+    lane: Lane
+    state: JobState
+    speed: str | None
+    step: int
+    total_steps: int
+    error: str | None
+    submitted_at_ms: int
+    started_at_ms: int | None
+    finished_at_ms: int | None
+    images: tuple[str, ...] = ()
+
+
+# Estimates kept for the correction, per job, until the job starts (bounded).
+MAX_TRACKED_ESTIMATES = 100_000
+UNRESTRICTED = Restrictions(Level.NORMAL)
 
 
 class GenerationService:
@@ -116,14 +140,17 @@ class GenerationService:
         kind: JobKind = JobKind.IMAGINE,
         parent_job_id: str | None = None,
         meta: dict[str, Any] | None = None,
+        role_tier: str | None = None,
     ) -> Job:
         """Record and enqueue a job; an unknown model is refused before anything is stored.
 
         Pass a ``job_id`` from :meth:`new_job_id` to :meth:`follow` the job before it starts.
         ``meta`` carries an image-to-image job's ``source_image`` path and ``strength``.
+        ``role_tier`` is the tier the user's chat roles give; a tier assigned in the
+        database wins over it.
         """
         self.catalog.get(spec.model)
-        tier_name, tier = await self._tier(user_id)
+        tier_name, tier = await self._tier(user_id, role_tier)
         resolved = self.catalog.resolve(spec)
         restricted = self._restrictions()
         # Only a degraded level rewrites the spec, so steps a prompt left to the model
@@ -148,7 +175,11 @@ class GenerationService:
             guild_id=guild_id,
             channel_id=channel_id,
             submitted_at_ms=wall_ms(),
-            meta={**(meta or {}), "speed": decision.speed.value},
+            meta={
+                **(meta or {}),
+                "speed": decision.speed.value,
+                **({"role_tier": role_tier} if role_tier is not None else {}),
+            },
             cost_s=decision.cost_s,
             weight=tier.weight,
             max_running=tier.max_running,
@@ -185,6 +216,10 @@ class GenerationService:
             start_in_s=round(start_in_s, 1) if start_in_s is not None else None,
         )
         return job
+
+    def restrictions(self) -> Restrictions:
+        """What the degradation level in force restricts right now."""
+        return self._restrictions()
 
     async def status(self, job_id: str) -> QueueStatus | None:
         """A queued job's position and estimated start and finish; None unless queued."""
@@ -257,13 +292,25 @@ class GenerationService:
         """A device step did ``solo_work_s`` of work (solo device-seconds) in ``step_s``."""
         self.eta.record_throughput(solo_work_s, step_s)
 
-    async def _tier(self, user_id: int) -> tuple[str, TierSettings]:
-        """The user's tier (created on first sight); a tier the settings no longer
+    async def tier_of(self, user_id: int, role_tier: str | None = None) -> str:
+        """The tier the user's jobs run under: an assigned one, else ``role_tier``, else
+        the default (see :meth:`submit`)."""
+        name, _tier = await self._tier(user_id, role_tier)
+        return name
+
+    async def _tier(self, user_id: int, role_tier: str | None = None) -> tuple[str, TierSettings]:
+        """The user's tier (created on first sight): the one assigned in the database,
+        else the one their roles give, else the default; a tier the settings no longer
         declare counts as the default tier."""
         user = await self.db.users.ensure(user_id)
-        scheduler = self.scheduler
-        name = user.tier if user.tier in scheduler.tiers else scheduler.default_tier
-        return name, scheduler.tiers[name]
+        tiers = self.scheduler.tiers
+        if user.tier_set_by is not None and user.tier in tiers:
+            name = user.tier
+        elif role_tier is not None and role_tier in tiers:
+            name = role_tier
+        else:
+            name = self.scheduler.default_tier
+        return name, tiers[name]
 
     def _cost_s(self, resolved: JobSpec) -> float:
         """Estimated device-seconds of a catalog-resolved spec running alone."""
@@ -344,7 +391,7 @@ class GenerationService:
 
     async def _job_of(self, row: JobRow) -> Job:
         """The queue's view of a stored job, with its tier and cost as of now."""
-        tier_name, tier = await self._tier(row.user_id)
+        tier_name, tier = await self._tier(row.user_id, row.meta.get("role_tier"))
         spec = JobSpec.from_json(row.spec_json)
         return Job(
             id=row.id,
@@ -370,6 +417,7 @@ class GenerationService:
         index: int | None = None,
         job_id: str | None = None,
         rng: random.Random | None = None,
+        role_tier: str | None = None,
     ) -> Job:
         """Submit a follow-up of a finished job: a variation or an upscale of sample
         ``index`` (0-based), or a reroll (same spec, new seed)."""
@@ -415,6 +463,66 @@ class GenerationService:
             kind=kind,
             parent_job_id=parent_job_id,
             meta=meta,
+            role_tier=role_tier,
+        )
+
+    async def cancel(self, job_id: str) -> bool:
+        """Stop a queued or running job; False if it had already ended.
+
+        A queued job is dropped and recorded cancelled at once (its followers get the
+        final event); a running one is flagged, and its worker stops it at its next
+        check and records the cancellation.
+        """
+        row = await self.db.jobs.get(job_id)
+        if row is None:
+            raise BadInputError(f"no job {job_id!r}")
+        if JobState(row.state).is_final:
+            return False
+        await self.queue.cancel(job_id)
+        # Still leased (running, or claimed a moment ago): its worker records the end.
+        if await self.queue.position(job_id) is None and await self.db.jobs.cancel_waiting(job_id):
+            self._estimated.pop(job_id, None)
+            self.events.publish(JobEvent(job_id, EventKind.CANCELLED, at_ms=wall_ms()))
+            log.info("job_cancelled", job_id=job_id, was=row.state)
+        return True
+
+    async def job(self, job_id: str) -> JobView | None:
+        """The stored job, or None if there is none with that id."""
+        row = await self.db.jobs.get(job_id)
+        return await self._view(row) if row is not None else None
+
+    async def jobs_of(
+        self, user_id: int, *, limit: int = 20, active: bool = False
+    ) -> list[JobView]:
+        """The user's most recent jobs, newest first; ``active``: only those not ended."""
+        rows = await self.db.jobs.list_for_user(user_id, limit=limit if not active else 500)
+        if active:
+            rows = [row for row in rows if not JobState(row.state).is_final][:limit]
+        return [await self._view(row) for row in rows]
+
+    async def _view(self, row: JobRow) -> JobView:
+        images: tuple[str, ...] = ()
+        if row.state == JobState.SUCCEEDED:
+            stored = sorted(await self.db.images.list_for_job(row.id), key=lambda i: i.idx)
+            images = tuple(image.path for image in stored)
+        return JobView(
+            id=row.id,
+            kind=JobKind(row.kind),
+            parent_job_id=row.parent_job_id,
+            user_id=row.user_id,
+            guild_id=row.guild_id,
+            channel_id=row.channel_id,
+            spec=JobSpec.from_json(row.spec_json),
+            lane=Lane(row.lane),
+            state=JobState(row.state),
+            speed=row.meta.get("speed"),
+            step=row.step,
+            total_steps=row.total_steps,
+            error=row.error,
+            submitted_at_ms=row.submitted_at_ms,
+            started_at_ms=row.started_at_ms,
+            finished_at_ms=row.finished_at_ms,
+            images=images,
         )
 
     @staticmethod

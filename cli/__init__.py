@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from cli import admin, bench, generate
+from cli import admin, bench, bot, generate
 from cli.common import common_parser, run_command
 
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Registration order is the order `imagine --help` lists the commands in.
     generate.register(commands, common)
+    bot.register(commands, common)
     admin.register_setup(commands, common)
     bench.register(commands, common)
     admin.register_operations(commands, common)

@@ -216,6 +216,48 @@ class SpeedName(StrEnum):
     TURBO = "turbo"
 
 
+class GuildSettings(_Section):
+    """How the bot behaves in one guild (``[bot.guilds.<guild id>]``), or in every guild
+    not listed (``[bot.guild_defaults]``)."""
+
+    # Channels /imagine works in (empty: every channel); elsewhere it names them.
+    allowed_channels: tuple[int, ...] = ()
+    # The speed a job gets when neither its prompt nor its user's settings name one.
+    default_speed: SpeedName | None = None
+    # Whether anyone may press the buttons under someone else's job (U, V, reroll);
+    # cancel is always the owner's (and an admin's).
+    others_may_press: bool = True
+    # Discord role id -> tier: a member with several such roles gets the tier with the
+    # largest weight; a tier an admin assigned in the database wins over roles.
+    role_tiers: dict[int, str] = Field(default_factory=dict)
+    # Roles whose members may use /admin besides those with Manage Server.
+    admin_roles: tuple[int, ...] = ()
+
+
+class BotSettings(_Section):
+    """The Discord front end: message etiquette, guild behaviour, the local device."""
+
+    # A progress message is edited at most once per this many seconds (only its newest
+    # state is sent). Messages written with the bot's own token (after the interaction
+    # token expired, or in DMs) share a budget per channel: at most channel_edit_budget
+    # writes per channel_edit_window_s, as Discord limits them; writes through an
+    # interaction token are limited per token by Discord, so per message here.
+    edit_interval_s: float = Field(default=3.0, ge=0.05, le=60)
+    channel_edit_budget: int = Field(default=5, ge=1, le=50)
+    channel_edit_window_s: float = Field(default=5.0, gt=0, le=60)
+    # Whether `imagine bot` runs a device worker in its own process; unset: yes with
+    # the memory queue, no with Redis (set it on the GPU hosts' processes).
+    local_worker: bool | None = None
+    guild_defaults: GuildSettings = GuildSettings()
+    guilds: dict[int, GuildSettings] = Field(default_factory=dict)
+
+    def guild(self, guild_id: int | None) -> GuildSettings:
+        """The settings of ``guild_id`` (the defaults for unlisted guilds and DMs)."""
+        if guild_id is None:
+            return self.guild_defaults
+        return self.guilds.get(guild_id, self.guild_defaults)
+
+
 class TierSettings(_Section):
     """One user tier: its fair share, limits and the lanes it may use."""
 
@@ -342,6 +384,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     log: LogSettings = LogSettings()
     discord: DiscordSettings = DiscordSettings()
+    bot: BotSettings = BotSettings()
     queue: QueueSettings = QueueSettings()
     engine: EngineSettings = EngineSettings()
     prompt: PromptSettings = PromptSettings()
@@ -492,6 +535,7 @@ def _check_consistency(settings: Settings) -> None:
             f"invalid setting scheduler.default_tier={scheduler.default_tier!r}: "
             f"not among the declared tiers ({names})"
         )
+    _check_role_tiers(settings)
     if scheduler.batch_max_cost_s < scheduler.realtime_max_cost_s:
         raise SettingsError(
             f"invalid setting scheduler.batch_max_cost_s={scheduler.batch_max_cost_s}: "
@@ -502,3 +546,17 @@ def _check_consistency(settings: Settings) -> None:
             f"invalid setting prompt.default_n={prompt.default_n}: "
             f"must not exceed prompt.max_n={prompt.max_n}"
         )
+
+
+def _check_role_tiers(settings: Settings) -> None:
+    tiers = settings.scheduler.tiers
+    guilds = {"guild_defaults": settings.bot.guild_defaults}
+    guilds.update({f"guilds.{gid}": guild for gid, guild in settings.bot.guilds.items()})
+    for where, guild in guilds.items():
+        for role, tier in guild.role_tiers.items():
+            if tier not in tiers:
+                names = ", ".join(sorted(tiers))
+                raise SettingsError(
+                    f"invalid setting bot.{where}.role_tiers.{role}={tier!r}: "
+                    f"not among the declared tiers ({names})"
+                )

@@ -16,6 +16,7 @@ import structlog
 
 from storage.errors import DatabaseFileError, DataDirError
 from storage.migrate import migrate as run_migrations
+from storage.repos.deliveries import ClickRepo, DeliveryRepo, NoteRepo
 from storage.repos.jobs import ImageRepo, JobRepo
 from storage.repos.moderation import AuditRepo, BannedWordRepo
 from storage.repos.state import StateRepo
@@ -59,6 +60,9 @@ class Database:
         self.audit = AuditRepo(self)
         self.usage = UsageRepo(self)
         self.state = StateRepo(self)
+        self.deliveries = DeliveryRepo(self)
+        self.clicks = ClickRepo(self)
+        self.notes = NoteRepo(self)
 
     @classmethod
     @contextlib.asynccontextmanager

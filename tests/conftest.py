@@ -14,10 +14,13 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from tests.discord_emulator.fixtures import discord_emulator
 from tests.redis_server import PrivateRedis
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+__all__ = ["discord_emulator"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

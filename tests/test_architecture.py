@@ -308,6 +308,12 @@ LAYERS: tuple[Rule, ...] = (
             "backend.catalog",
             # The degradation Level an admin command names (a pure StrEnum module).
             "backend.degrade.ladder",
+            # The people side: accounts, moderation, audit, delivery records.
+            "backend.community",
+            # Admin operations on the running service: pauses, models, statistics.
+            "backend.operations",
+            # Wall-clock time (token expiry), as the service records it.
+            "backend.clock",
         ),
         "the bot talks to the backend through its facade",
     ),
@@ -401,6 +407,7 @@ HEAVY = ("torch", "diffusers", "transformers")
 POLICY = (
     "backend.scheduling",
     "backend.admission.base",
+    "backend.admission.moderation",
     "backend.degrade.ladder",
     "backend.degrade.records",
     "backend.models",

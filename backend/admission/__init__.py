@@ -1,5 +1,6 @@
 """Admission control: rate limits (token buckets: the arithmetic and the store contract
-in ``base``, memory and Redis stores) and the policy that applies them (``limits``).
+in ``base``, memory and Redis stores), the policy that applies them (``limits``), and
+banned-word matching that sees through look-alike letters (``moderation``).
 
 The factory imports an implementation only when it builds one, so that importing the
 pure bucket arithmetic never loads a Redis client.

@@ -74,6 +74,18 @@ class ModelRegistry:
             self._fit_budget(keep=in_use | {name})
             return runtime
 
+    def unload(self, name: str) -> bool:
+        """Drop model ``name`` (a batch running it keeps its reference until it ends);
+        whether it was loaded."""
+        with self._lock:
+            if self._loaded.pop(name, None) is None:
+                return False
+            self._sizes.pop(name, None)
+        log.info("model_unloaded", model=name, why="asked")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return True
+
     @property
     def loaded(self) -> list[str]:
         """Loaded model names, least recently used first."""

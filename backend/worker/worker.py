@@ -196,11 +196,13 @@ class DeviceWorker:
         self._stopping.set()
         self._room.set()
         try:
+            if drain_s <= 0:
+                # No drain: off the device at the next step, not after the claim loop's
+                # last poll, by which time a short job would have finished.
+                self._evict_all()
             await self._stop_claiming()
             await self._wait_drained(drain_s)
-            for job_id, flight in list(self._flights.items()):
-                flight.stopping = True
-                self._engine.evict(job_id)
+            self._evict_all()
             await self._wait_drained(self.config.evict_wait_s)
             self._leave_the_rest()
             await self._releases.settle(RELEASE_WAIT_S)
@@ -212,6 +214,13 @@ class DeviceWorker:
                 await self._stop_engine()
             finally:
                 self._shut.set()
+
+    def _evict_all(self) -> None:
+        """Ask for every held job to leave the device at its next step boundary."""
+        for job_id, flight in list(self._flights.items()):
+            if not flight.stopping:
+                flight.stopping = True
+                self._engine.evict(job_id)
 
     async def _stop_claiming(self) -> None:
         """Let the claim loop end by itself: its claim returns within ``poll_s`` (or the
@@ -332,6 +341,12 @@ class DeviceWorker:
         the queue (a bounded number of times) or fails with its reason."""
         if self._stopping.is_set():
             # Claimed while closing: back to the queue as it came.
+            self._releases.requeue(lease, lease.checkpoint)
+            return
+        if not self.config.allow().allows(lease.job.lane, lease.job.tier):
+            # Its lane or tier was paused while the claim waited (the claim's filter is
+            # the one it started with): back to the queue as it came.
+            log.info("claim_returned_paused", job_id=lease.job.id, lane=lease.job.lane.value)
             self._releases.requeue(lease, lease.checkpoint)
             return
         try:

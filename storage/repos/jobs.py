@@ -103,6 +103,16 @@ class QueueWaits:
 
 
 @dataclass(frozen=True, slots=True)
+class DaySummary:
+    """Jobs since a moment: how many were submitted and failed, and the queue waits (ms)
+    of those that started, per lane."""
+
+    submitted: int
+    failed: int
+    waits_ms: dict[str, list[int]]
+
+
+@dataclass(frozen=True, slots=True)
 class ImageRow:
     """One stored image of a job; ``idx`` -1 is the grid, 0.. the samples."""
 
@@ -195,6 +205,18 @@ class JobRepo:
         await self._mark(
             job_id, "state = ?, error = ?, finished_at_ms = ?", (state, error, self._db.now_ms())
         )
+
+    async def cancel_waiting(self, job_id: str) -> bool:
+        """Cancel the job if it is still waiting (submitted or queued); whether it was.
+        A running job is left to its worker, which records how it stopped."""
+        async with self._db.transaction() as conn:
+            changed = await execute(
+                conn,
+                "UPDATE jobs SET state = 'cancelled', finished_at_ms = ?"
+                " WHERE id = ? AND state IN ('submitted', 'queued')",
+                (self._db.now_ms(), job_id),
+            )
+        return changed > 0
 
     async def save_checkpoint(self, job_id: str, checkpoint: bytes | None) -> None:
         """Keep (or clear) a preempted job's saved state, so it survives the queue."""
@@ -440,6 +462,24 @@ class JobRepo:
             )
         assert row is not None  # an aggregate always returns a row
         return QueueWaits(started, waiting, WaitCursor(started_after_ms, int(row["min_rowid"])))
+
+    async def day_summary(self, since_ms: int) -> DaySummary:
+        """Counts and waits of the jobs submitted since ``since_ms``."""
+        async with self._db.reading() as conn:
+            rows = await fetch_all(
+                conn,
+                "SELECT lane, state, started_at_ms,"
+                " COALESCE(queued_at_ms, submitted_at_ms) AS queued_ms"
+                " FROM jobs WHERE submitted_at_ms >= ?",
+                (since_ms,),
+            )
+        waits: dict[str, list[int]] = {}
+        for row in rows:
+            if row["started_at_ms"] is not None:
+                wait = max(0, row["started_at_ms"] - row["queued_ms"])
+                waits.setdefault(row["lane"], []).append(wait)
+        failed = sum(1 for row in rows if row["state"] == "failed")
+        return DaySummary(len(rows), failed, waits)
 
     async def count_by_state(self) -> dict[str, int]:
         """How many jobs are in each state (every state present, zero if none)."""

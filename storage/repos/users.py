@@ -20,7 +20,7 @@ from storage.repos.base import (
     load_object,
 )
 
-_USER_COLUMNS = "id, tier, banned, ban_reason, settings_json, created_at_ms"
+_USER_COLUMNS = "id, tier, tier_set_by, banned, ban_reason, settings_json, created_at_ms"
 
 
 _GUILD_COLUMNS = "id, settings_json, created_at_ms"
@@ -32,6 +32,9 @@ class UserRow:
 
     id: int
     tier: str
+    # Who assigned the tier (an admin's id, 0 for the operator); None: never assigned,
+    # so the tier follows the user's roles, else the default tier.
+    tier_set_by: int | None
     banned: bool
     ban_reason: str | None
     settings: dict[str, Any]
@@ -102,9 +105,14 @@ class UserRepo:
             )
         return _user(row) if row is not None else None
 
-    async def set_tier(self, user_id: int, tier: str) -> UserRow:
-        """Put the user on ``tier`` (creating them if needed)."""
-        return await self._update(user_id, "tier = ?", (tier,))
+    async def set_tier(self, user_id: int, tier: str, set_by: int = 0) -> UserRow:
+        """Assign the user ``tier`` (creating them if needed); an assignment wins over
+        the tier their roles give. ``set_by`` is the admin's id (0: the operator)."""
+        return await self._update(user_id, "tier = ?, tier_set_by = ?", (tier, set_by))
+
+    async def clear_tier(self, user_id: int, default_tier: str) -> UserRow:
+        """Drop the user's tier assignment: their roles, else ``default_tier``, decide."""
+        return await self._update(user_id, "tier = ?, tier_set_by = NULL", (default_tier,))
 
     async def set_banned(self, user_id: int, banned: bool, reason: str | None = None) -> UserRow:
         """Ban or unban the user; unbanning clears the reason."""
@@ -199,6 +207,7 @@ def _user(row: sqlite3.Row) -> UserRow:
     return UserRow(
         id=row["id"],
         tier=row["tier"],
+        tier_set_by=row["tier_set_by"],
         banned=bool(row["banned"]),
         ban_reason=row["ban_reason"],
         settings=load_object(row["settings_json"]),

@@ -25,7 +25,7 @@ def test_help_lists_every_group_in_order(capsys: pytest.CaptureFixture[str]) -> 
         # Command names sit at four spaces; wrapped help text is indented deeper.
         if line.startswith("    ") and not line.startswith("     ")
     ]
-    assert listed == ["generate", "migrate", "model", "bench", "degrade", "config"]
+    assert listed == ["generate", "bot", "migrate", "model", "bench", "degrade", "config"]
 
 
 def test_malformed_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
