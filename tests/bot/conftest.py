@@ -57,10 +57,10 @@ def answer(ix: Interaction) -> str:
     return "\n".join(text for text in texts if text)
 
 
-async def command(run: RunningBot, who: str, name: str, **options: object) -> Interaction:
+async def command(run: RunningBot, who: str, path: str, /, **options: object) -> Interaction:
     """Run a slash command as the user called ``who``; once answered (a deferred one
     once its follow-up replaced the "thinking" message)."""
-    ix = await run.emu.slash(run.emu.users[who], run.emu.channel, name, options)
+    ix = await run.emu.slash(run.emu.users[who], run.emu.channel, path, options)
     await ix.wait_response(timeout_s=5)
     original = ix.original()
     if original is not None and original.loading:

@@ -126,3 +126,36 @@ async def test_imagine_outside_the_allowed_channels_names_where_to_go(
         there = await emu.slash(emu.users["alice"], art, "imagine", {"prompt": "a red circle"})
         await there.wait_response(timeout_s=5)
         assert there.original() is not None and not there.ephemeral
+
+
+async def test_purge_tells_each_user_and_models_load_and_unload(
+    discord_emulator: DiscordEmulator, bot_env: Callable[..., Settings]
+) -> None:
+    """Purging a paused lane cancels every queued job, each message saying cancelled;
+    a model loads and unloads on the device; a tier for a non-member is refused."""
+    emu = discord_emulator
+    outsider = emu.add_user("outsider")
+    async with running_bot(emu, bot_env(emu)) as run:
+        await command(run, "admin", "admin queue pause")
+        waiting = [
+            await command(run, who, "imagine", prompt="a red circle on a white background")
+            for who in ("alice", "bob")
+        ]
+        said = answer(await command(run, "admin", "admin queue purge"))
+        assert "Cancelled 2 queued jobs of 2 users" in said
+        for ix in waiting:
+            message = ix.original()
+            assert message is not None
+            await emu.wait_for_message(
+                lambda m, mid=message.id: m.id == mid and "cancelled" in m.content, timeout_s=10
+            )
+        loaded = answer(await command(run, "admin", "admin model load", name="tiny"))
+        assert "`tiny` loaded on cpu" in loaded
+        assert "tiny" in answer(await command(run, "admin", "admin stats"))
+        assert "unloaded from cpu" in answer(
+            await command(run, "admin", "admin model unload", name="tiny")
+        )
+        unknown = answer(await command(run, "admin", "admin model load", name="nope"))
+        assert "unknown model 'nope'" in unknown
+        refused = answer(await command(run, "admin", "admin tier set", user=outsider, tier="pro"))
+        assert "not a member of this server" in refused

@@ -124,3 +124,26 @@ async def test_forged_purged_and_imageless_clicks_get_polite_answers(
         job_id, _final = await _imagine(run, "alice", "a black square on a white background")
         assert job_id
     assert all(ix.responded for ix in emu.interactions)
+
+
+async def test_an_internal_error_shows_the_user_an_id_and_the_bot_goes_on(
+    discord_emulator: DiscordEmulator,
+    bot_env: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A click whose handler fails unexpectedly gets one ephemeral line with the job's id
+    (also in the log); the next command works."""
+    emu = discord_emulator
+    async with running_bot(emu, bot_env(emu)) as run:
+        parent, grid = await _imagine(run, "alice", "a pink star on a black background")
+        service = run.bot.deps.service
+
+        async def broken(_job_id: str) -> None:
+            raise RuntimeError("the database went away")
+
+        monkeypatch.setattr(service, "job", broken)
+        text = await _press(run, "alice", grid, f"im:v:1:{parent}")
+        assert f"error id `{parent}`" in text
+        monkeypatch.undo()
+        job_id, _final = await _imagine(run, "alice", "a white square on a black background")
+        assert job_id

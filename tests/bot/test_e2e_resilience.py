@@ -101,3 +101,24 @@ async def test_a_restarted_bot_delivers_the_job_and_old_buttons_still_work(
         vary = ix.original()
         assert vary is not None and "Variation of" in vary.content
         await run.final_message(job_of(vary))
+
+
+async def test_a_preempted_job_says_paused_and_still_finishes(
+    discord_emulator: DiscordEmulator, bot_env: Callable[..., Settings]
+) -> None:
+    """A long batch job on a device that holds one job at a time is preempted by a short
+    realtime one: its message says a faster job took the GPU, and both results arrive."""
+    emu = discord_emulator
+    settings = bot_env(emu, engine={"max_batch_rows": 8}, scheduler={"realtime_max_cost_s": 1.0})
+    async with running_bot(emu, settings) as run:
+        long_id, long_message = await _start(run, "a red star on a white background --steps 150")
+        await emu.wait_for_message(
+            lambda m: m.id == long_message and "%" in m.content, timeout_s=30
+        )
+        short_id, _ = await _start(run, "a blue circle on a black background", user="bob")
+        await emu.wait_for_message(
+            lambda m: m.id == long_message and "a faster job took the GPU" in m.content,
+            timeout_s=30,
+        )
+        await run.final_message(short_id)
+        await run.final_message(long_id)

@@ -4,7 +4,9 @@ Discord emulator by its one environment variable."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,13 +60,18 @@ def _bot_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[by
 async def _serving(
     emu: DiscordEmulator, env: dict[str, str], log: Path
 ) -> AsyncIterator[subprocess.Popen[bytes]]:
-    """A bot process, once its commands are synced; SIGTERM and exit 0 on the way out."""
+    """A bot process, once its commands are synced and it is on the gateway; SIGTERM and
+    exit 0 on the way out."""
     synced = len(emu.requests_to("PUT /applications/{app}/guilds/{guild}/commands"))
+    identified = emu.gateway_stats.identifies
     with _bot_process(env, log) as process:
         deadline = time.monotonic() + 90
-        while len(emu.requests_to("PUT /applications/{app}/guilds/{guild}/commands")) <= synced:
+        while (
+            len(emu.requests_to("PUT /applications/{app}/guilds/{guild}/commands")) <= synced
+            or emu.gateway_stats.identifies <= identified
+        ):
             assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the bot never synced its commands"
+            assert time.monotonic() < deadline, "the bot never synced and connected"
             await asyncio.sleep(0.2)
         yield process
         process.send_signal(signal.SIGTERM)
@@ -123,21 +130,30 @@ async def test_a_token_discord_rejects_is_one_line_and_status_2(
 async def test_the_bot_process_serves_stops_on_sigterm_and_resumes_after_a_restart(
     discord_emulator: DiscordEmulator, tmp_path: Path
 ) -> None:
-    """`imagine bot` delivers a job; SIGTERM stops it with status 0 while a second job
-    waits in a paused lane; a new process on the same data directory delivers that job
-    to its message, and a button of the first result still works."""
+    """`imagine bot` delivers a job; SIGTERM in the middle of a second job stops it with
+    status 0; a new process on the same data directory resumes that job from its
+    checkpoint and delivers it to its message, and a button of the first result still
+    works."""
     emu = discord_emulator
     env = _env(emu, tmp_path / "data", emu.token)
     async with _serving(emu, env, tmp_path / "first.log"):
         first, _ = await _imagine(emu, "a red circle on a white background")
         old_grid = await _grid(emu, first)
-        pause = await emu.slash(emu.users["admin"], emu.channel, "admin queue pause", {})
-        await pause.wait_response(timeout_s=10)
-        waiting, waiting_message = await _imagine(emu, "a blue square on a yellow background")
+        running, running_message = await _imagine(
+            emu, "a blue square on a yellow background --steps 150"
+        )
+        await emu.wait_for_message(
+            lambda m: m.id == running_message and re.search(r"\([1-9][0-9]?%", m.content),
+            timeout_s=60,
+        )
     async with _serving(emu, env, tmp_path / "second.log"):
-        resume = await emu.slash(emu.users["admin"], emu.channel, "admin queue resume", {})
-        await resume.wait_response(timeout_s=10)
-        assert await _grid(emu, waiting) == waiting_message
+        assert await _grid(emu, running) == running_message
+        claims = [
+            json.loads(line)
+            for line in (tmp_path / "second.log").read_text().splitlines()
+            if line.startswith("{") and '"job_claimed"' in line
+        ]
+        assert any(c["job_id"] == running and c["resumed"] for c in claims), claims
         old = next(m for m in emu.messages if m.id == old_grid)
         click = await emu.click(emu.users["alice"], old, f"im:v:1:{first}")
         await click.wait_response(timeout_s=10)
