@@ -93,6 +93,7 @@ class Delivery:
     token_expires_at_ms: int | None
     private: bool
     delivered: bool
+    created_at_ms: int = 0
 
     def token_valid(self, now_ms: int, margin_ms: int = 30_000) -> bool:
         """Whether the interaction token still works, with ``margin_ms`` to spare."""
@@ -314,4 +315,5 @@ def _delivery(row: DeliveryRow) -> Delivery:
         token_expires_at_ms=row.token_expires_at_ms,
         private=row.private,
         delivered=row.delivered_at_ms is not None,
+        created_at_ms=row.created_at_ms,
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,8 @@ REFRESH_WAITING_S = 10.0
 # this many times this far apart.
 FINAL_RECORD_TRIES = 20
 FINAL_RECORD_WAIT_S = 0.25
+# A delivery record whose job does not exist this long after it was written is dropped.
+ORPHAN_AFTER_MS = 10 * 60 * 1000
 # How often delivery records are swept for results that never went out.
 SWEEP_S = 60.0
 # How long closing waits for final frames already offered.
@@ -73,7 +75,6 @@ class Frame:
 class _Followed:
     delivery: Delivery
     header: Header
-    guild_id: int | None
     task: asyncio.Task[None] | None = None
     last_content: str = field(default="")
 
@@ -98,11 +99,6 @@ class Deliverer:
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
 
-    @property
-    def following(self) -> int:
-        """How many jobs are followed right now."""
-        return len(self._followed)
-
     async def start(self) -> None:
         """Start the pump, resume every delivery a previous run left, and sweep."""
         await self._pump.start()
@@ -124,7 +120,7 @@ class Deliverer:
         """Start following a job whose progress message is ``delivery``'s."""
         if self._closing or delivery.job_id in self._followed:
             return
-        followed = _Followed(delivery, Header.of(view, parent_link), view.guild_id)
+        followed = _Followed(delivery, Header.of(view, parent_link))
         self._followed[delivery.job_id] = followed
         followed.task = asyncio.create_task(
             self._run(followed), name=f"deliver-{delivery.job_id[:8]}"
@@ -139,6 +135,10 @@ class Deliverer:
                 continue
             view = await service.job(delivery.job_id)
             if view is None:
+                # Purged, or refused before it was stored: nothing left to deliver. A
+                # young record may belong to a submit still under way.
+                if wall_ms() - delivery.created_at_ms > ORPHAN_AFTER_MS:
+                    await self.bot.deps.community.unfollow(delivery.job_id)
                 continue
             await self.follow(delivery, view, None)
             resumed += 1
@@ -384,8 +384,3 @@ def _bucket(delivery: Delivery) -> int:
 
 def _cancel_buttons() -> tuple[ButtonSpec, ...]:
     return tuple(render.progress_buttons())
-
-
-def with_message(delivery: Delivery, channel_id: int | None, message_id: int) -> Delivery:
-    """``delivery`` once its progress message was posted."""
-    return replace(delivery, channel_id=channel_id, message_id=message_id)

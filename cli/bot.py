@@ -112,12 +112,35 @@ async def _serve(bot: ImagineBot, token: str, stop: asyncio.Event) -> None:
         done, _ = await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if running in done:
             stopping.cancel()
-            running.result()  # a fatal client error ends the command with it
+            _raise_fatal(running)
             return
         log.info("bot_stopping")
         await bot.close()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await running
+
+
+def _raise_fatal(client: asyncio.Task[None]) -> None:
+    """End the command with one line when the client stopped for good by itself."""
+    import discord
+
+    from backend.errors import BackendError
+
+    try:
+        client.result()
+    except discord.PrivilegedIntentsRequired as exc:
+        raise BadInputError(
+            "Discord refused a privileged intent; the bot needs none, so check the "
+            "application in the Developer Portal"
+        ) from exc
+    except discord.ConnectionClosed as exc:
+        if exc.code == 4004:
+            raise BadInputError(
+                "Discord rejected discord.token (IMAGINE_DISCORD__TOKEN) on the gateway"
+            ) from exc
+        raise BackendError(f"the Discord gateway closed the connection ({exc.code})") from exc
+    except discord.DiscordException as exc:
+        raise BackendError(f"Discord client stopped: {exc}") from exc
 
 
 def _install_signals(stop: asyncio.Event) -> None:
