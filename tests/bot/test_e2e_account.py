@@ -140,3 +140,29 @@ async def test_tiers_come_from_roles_and_an_assignment_wins(
         assert "**Tier** basic (assigned)" in answer(await command(run, "bob", "info"))
         await command(run, "admin", "admin tier set", user=carol, tier="basic")
         assert "**Tier** basic (assigned)" in answer(await command(run, "carol", "info"))
+
+
+async def test_the_guild_default_speed_applies_when_nobody_names_one(
+    discord_emulator: DiscordEmulator, bot_env: Callable[..., Settings]
+) -> None:
+    """With the guild's default speed relax, a plain prompt runs relaxed; --fast typed in
+    the prompt and a user's own default both win over it."""
+    emu = discord_emulator
+    settings = bot_env(emu, bot={"guild_defaults": {"default_speed": "relax"}})
+    async with running_bot(emu, settings) as run:
+        await command(run, "alice", "imagine", prompt="a red circle")
+        await command(run, "alice", "imagine", prompt="a red circle --fast")
+        await command(run, "bob", "settings", speed="fast")
+        await command(run, "bob", "imagine", prompt="a red circle")
+        service = run.backend.service
+        alice = [
+            await service.job(r.id)
+            for r in await run.backend.db.jobs.list_for_user(emu.users["alice"].id)
+        ]
+        bob = [
+            await service.job(r.id)
+            for r in await run.backend.db.jobs.list_for_user(emu.users["bob"].id)
+        ]
+    speeds = sorted(view.spec.speed.value for view in alice if view and view.spec.speed)
+    assert speeds == ["fast", "relax"]
+    assert [view.spec.speed.value for view in bob if view and view.spec.speed] == ["fast"]
