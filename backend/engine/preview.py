@@ -46,10 +46,21 @@ def encode_preview(image: Image.Image, max_side: int = 512, quality: int = 70) -
     return buffer.getvalue()
 
 
+# Latents of at most this many pixels (images up to 128x128 on an 8x VAE) are decoded
+# with the model's own VAE for every preview: it costs about as much as the linear
+# projection there, and the projection's colours are fitted on SD1.5 VAEs only (a small
+# model's own latent space, such as the shapes model's, comes out in wrong colours).
+CHEAP_DECODE_LATENT_PX = 16 * 16
+# Previews smaller than this on their longer side are scaled up by a whole factor
+# (nearest neighbour), so a 32-pixel sample is visible in a chat message.
+MIN_PREVIEW_SIDE = 256
+
+
 class PreviewMaker:
     """Decides when a job gets a preview and renders it (first sample only).
 
-    ``every_steps``: a linear preview every that many steps (0: never).
+    ``every_steps``: a linear preview every that many steps (0: never); small latents
+    (:data:`CHEAP_DECODE_LATENT_PX`) are decoded with the model's VAE instead.
     ``decode_every_steps``: a decoded preview instead, every that many steps (0: never),
     through ``decoder`` (a diffusers ``AutoencoderTiny``) or the model's VAE.
     """
@@ -71,9 +82,12 @@ class PreviewMaker:
         if job.latents is None or done <= 0:
             return None
         if self.decode_every_steps and done % self.decode_every_steps == 0:
-            return encode_preview(self._decoded(job), self.max_side)
+            return encode_preview(_visible(self._decoded(job)), self.max_side)
         if self.every_steps and done % self.every_steps == 0:
-            return encode_preview(self._linear(job), self.max_side)
+            latent_px = job.latents.shape[-1] * job.latents.shape[-2]
+            small = latent_px <= CHEAP_DECODE_LATENT_PX
+            image = self._decoded(job, own_vae=True) if small else self._linear(job)
+            return encode_preview(_visible(image), self.max_side)
         return None
 
     def _linear(self, job: ActiveJob) -> Image.Image:
@@ -82,14 +96,22 @@ class PreviewMaker:
         scale = job.runtime.vae_scale
         return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
 
-    def _decoded(self, job: ActiveJob) -> Image.Image:
+    def _decoded(self, job: ActiveJob, *, own_vae: bool = False) -> Image.Image:
         assert job.latents is not None
         latents = job.latents[:1]
         with torch.inference_mode():
-            if self.decoder is not None:
+            if self.decoder is not None and not own_vae:
                 pixels = self.decoder.decode(latents.to(self.decoder.dtype), return_dict=False)[0]
             else:
                 vae = job.runtime.vae
                 pixels = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
         array = ((pixels[0].float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
         return Image.fromarray(array.permute(1, 2, 0).cpu().numpy(), mode="RGB")
+
+
+def _visible(image: Image.Image) -> Image.Image:
+    """``image`` scaled up by a whole factor to at least :data:`MIN_PREVIEW_SIDE`."""
+    factor = -(-MIN_PREVIEW_SIDE // max(image.size))
+    if factor <= 1:
+        return image
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
