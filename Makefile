@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test lint format demo clean
+.PHONY: setup test lint format demo clean gpu-wheels bench-gpu
 
 setup: $(STAMP)
 
@@ -32,6 +32,15 @@ format: $(STAMP)
 # The built-in shapes model draws this; real models are configured as README.md says.
 demo: $(STAMP)
 	$(BIN)/imagine generate "a yellow star on a blue background --seed 7"
+
+# The GPU benchmark runs on a machine with its own torch and maybe no package index:
+# fetch the other wheels here first (under 64 MiB), copy the tree with gpu-wheels/ over,
+# then run `make bench-gpu OUT=folder` there. See scripts/bench-gpu.sh.
+gpu-wheels:
+	PYTHON=$(BIN)/python scripts/gpu-wheels.sh gpu-wheels
+
+bench-gpu:
+	scripts/bench-gpu.sh $(or $(OUT),gpu-bench)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

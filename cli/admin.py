@@ -1,4 +1,5 @@
-"""Administration commands: ``migrate``, ``model build-tiny|train-shapes``, ``degrade``
+"""Administration commands: ``migrate``, ``model build-tiny|build-random|train-shapes``,
+``degrade``
 and ``config show``.
 
 Two registration functions keep ``imagine --help`` listing the commands in their
@@ -16,14 +17,14 @@ from typing import TYPE_CHECKING
 
 from backend.errors import BadInputError
 from cli import shapes
-from cli.common import EXIT_OK, checked_user_id, settings_for
+from cli.common import EXIT_OK, at_least, checked_user_id, settings_for
 
 if TYPE_CHECKING:
     from cli.common import Commands
 
 
 def register_setup(commands: Commands, common: argparse.ArgumentParser) -> None:
-    """Add ``imagine migrate`` and ``imagine model build-tiny|train-shapes``."""
+    """Add ``imagine migrate`` and ``imagine model build-tiny|build-random|train-shapes``."""
     migrate = commands.add_parser("migrate", parents=[common], help="apply database migrations")
     migrate.set_defaults(func=_cmd_migrate)
 
@@ -34,6 +35,7 @@ def register_setup(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     build_tiny.add_argument("dir", type=Path)
     build_tiny.set_defaults(func=_cmd_build_tiny)
+    _add_build_random(model_commands, common)
     shapes.add_parser(model_commands, common)
 
 
@@ -89,6 +91,40 @@ def _cmd_build_tiny(args: argparse.Namespace) -> int:
     from backend.engine.tiny import build_tiny_pipeline
 
     print(build_tiny_pipeline(target))
+    return EXIT_OK
+
+
+def _add_build_random(model_commands: Commands, common: argparse.ArgumentParser) -> None:
+    build_random = model_commands.add_parser(
+        "build-random",
+        parents=[common],
+        help="build a pipeline of a real model family with random weights into DIR",
+    )
+    build_random.add_argument("--family", required=True, choices=("sd15", "sdxl"))
+    build_random.add_argument(
+        "--size",
+        choices=("tiny", "full"),
+        default="tiny",
+        help="tiny: small channels, seconds on a CPU; full: the real configuration in fp16 "
+        "(SD1.5 about 2 GB, SDXL about 7 GB). Default: tiny",
+    )
+    build_random.add_argument("--seed", type=at_least(0), default=0, help="default: 0")
+    build_random.add_argument("dir", type=Path)
+    build_random.set_defaults(func=_cmd_build_random)
+
+
+def _cmd_build_random(args: argparse.Namespace) -> int:
+    settings_for(args)
+    target: Path = args.dir
+    if target.exists():
+        raise BadInputError(f"{target} already exists; choose a new directory")
+    if not target.parent.is_dir():
+        raise BadInputError(f"{target.parent} is not a directory")
+    from backend.engine.random_models import ModelSize, build_random_pipeline
+    from config.settings import ModelFamily
+
+    family, size = ModelFamily(args.family), ModelSize(args.size)
+    print(build_random_pipeline(target, family, size, seed=args.seed))
     return EXIT_OK
 
 

@@ -86,7 +86,7 @@ class PreviewMaker:
         if self.every_steps and done % self.every_steps == 0:
             latent_px = job.latents.shape[-1] * job.latents.shape[-2]
             small = latent_px <= CHEAP_DECODE_LATENT_PX
-            image = self._decoded(job, own_vae=True) if small else self._linear(job)
+            image = self._vae_decoded(job) if small else self._linear(job)
             return encode_preview(_visible(image), self.max_side)
         return None
 
@@ -96,12 +96,20 @@ class PreviewMaker:
         scale = job.runtime.vae_scale
         return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
 
-    def _decoded(self, job: ActiveJob, *, own_vae: bool = False) -> Image.Image:
+    def _decoded(self, job: ActiveJob) -> Image.Image:
+        return self._decode_with(job, self.decoder)
+
+    def _vae_decoded(self, job: ActiveJob) -> Image.Image:
+        return self._decode_with(job, None)
+
+    @staticmethod
+    def _decode_with(job: ActiveJob, decoder: Any | None) -> Image.Image:
+        """Through ``decoder`` (an ``AutoencoderTiny``), else the model's own VAE."""
         assert job.latents is not None
         latents = job.latents[:1]
         with torch.inference_mode():
-            if self.decoder is not None and not own_vae:
-                pixels = self.decoder.decode(latents.to(self.decoder.dtype), return_dict=False)[0]
+            if decoder is not None:
+                pixels = decoder.decode(latents.to(decoder.dtype), return_dict=False)[0]
             else:
                 vae = job.runtime.vae
                 pixels = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]

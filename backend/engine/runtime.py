@@ -3,6 +3,8 @@ image encoding, decoding, latent shapes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,26 +112,49 @@ class ModelRuntime:
         return images
 
     def _decode_sdxl(self, latents: torch.Tensor) -> list[Any]:
+        # As the stock SDXL pipeline: an fp16 VAE that overflows decodes in fp32, the
+        # latents are de-normalized when the VAE has per-channel statistics, and the
+        # invisible watermark is applied when the pipeline carries one.
         vae = self.vae
-        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        with self._vae_upcast() as dtype:
+            latents = latents.to(dtype)
+            stats = self._latent_stats(latents)
+            if stats is not None:
+                latents = latents * stats[1] / vae.config.scaling_factor + stats[0]
+            else:
+                latents = latents / vae.config.scaling_factor
+            image = vae.decode(latents, return_dict=False)[0]
+        watermark = getattr(self.pipe, "watermark", None)
+        if watermark is not None:
+            image = watermark.apply_watermark(image)
+        images: list[Any] = self.pipe.image_processor.postprocess(image, output_type="pil")
+        return images
+
+    @contextmanager
+    def _vae_upcast(self) -> Iterator[torch.dtype]:
+        """The VAE in fp32 for the block when it is fp16 and its config asks for it (SDXL's
+        VAE overflows in fp16); yields the dtype its inputs must have."""
+        vae = self.vae
+        upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
         if upcast:
             vae.to(torch.float32)
-            latents = latents.to(torch.float32)
-        mean = getattr(vae.config, "latents_mean", None)
-        std = getattr(vae.config, "latents_std", None)
-        if mean is not None and std is not None:
-            mean_t = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
-            std_t = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
-            latents = latents * std_t / vae.config.scaling_factor + mean_t
-        else:
-            latents = latents / vae.config.scaling_factor
         try:
-            image = vae.decode(latents, return_dict=False)[0]
+            yield vae.dtype
         finally:
             if upcast:
                 vae.to(torch.float16)
-        images: list[Any] = self.pipe.image_processor.postprocess(image, output_type="pil")
-        return images
+
+    def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        config = self.vae.config
+        mean = getattr(config, "latents_mean", None)
+        std = getattr(config, "latents_std", None)
+        if mean is None or std is None:
+            return None
+        shape = (1, len(mean), 1, 1)
+        return (
+            torch.tensor(mean).view(shape).to(like.device, like.dtype),
+            torch.tensor(std).view(shape).to(like.device, like.dtype),
+        )
 
     def encode_image(
         self, image: Image.Image, spec: JobSpec, generators: list[torch.Generator]
@@ -137,6 +162,8 @@ class ModelRuntime:
         """Scaled VAE latents of ``image`` resized to the spec, one sample per generator."""
         resized = image.convert("RGB").resize((spec.width, spec.height), Image.Resampling.LANCZOS)
         pixels = self.pipe.image_processor.preprocess(resized).to(self.device, self.vae.dtype)
+        if self.family is ModelFamily.SDXL:
+            return self._encode_image_sdxl(pixels, generators)
         with torch.inference_mode():
             rows = [
                 self.vae.encode(pixels).latent_dist.sample(generator=generator)
@@ -144,3 +171,22 @@ class ModelRuntime:
             ]
         latents: torch.Tensor = torch.cat(rows).to(self.dtype) * self.vae.config.scaling_factor
         return latents
+
+    def _encode_image_sdxl(
+        self, pixels: torch.Tensor, generators: list[torch.Generator]
+    ) -> torch.Tensor:
+        # As the stock SDXL img2img pipeline: fp32 encoding when the VAE asks for it, and
+        # latents normalized by the VAE's per-channel statistics when it has them.
+        with torch.inference_mode(), self._vae_upcast() as dtype:
+            pixels = pixels.to(dtype)
+            rows = [
+                self.vae.encode(pixels).latent_dist.sample(generator=generator)
+                for generator in generators
+            ]
+        latents = torch.cat(rows).to(self.dtype)
+        stats = self._latent_stats(latents)
+        scale = self.vae.config.scaling_factor
+        scaled: torch.Tensor = (
+            (latents - stats[0]) * scale / stats[1] if stats is not None else scale * latents
+        )
+        return scaled

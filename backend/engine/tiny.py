@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,27 +54,37 @@ SD15_SCHEDULER = {
 def build_tiny_pipeline(dest: Path, seed: int = 0) -> Path:
     """Build the tiny pipeline into the new folder ``dest``; returns ``dest``.
 
-    The folder appears whole or not at all: the build happens in a hidden temporary
-    folder beside ``dest`` that is renamed into place at the end and removed on any
-    failure. Raises ``FileExistsError`` when ``dest`` already exists.
+    The folder appears whole or not at all (see :func:`staged_build`). Raises
+    ``FileExistsError`` when ``dest`` already exists.
     """
-    if dest.exists():
-        raise FileExistsError(errno.EEXIST, "tiny model destination already exists", str(dest))
     started = time.perf_counter()
-    staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=dest.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp makes it private; the model folder is not
-        _build_into(staging, seed)
-        _rename_no_replace(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    staged_build(dest, lambda folder: _build_into(folder, seed), TEMP_PREFIX)
     log.info(
         "tiny_model_built",
         path=str(dest),
         seed=seed,
         duration_s=round(time.perf_counter() - started, 2),
     )
+    return dest
+
+
+def staged_build(dest: Path, build: Callable[[Path], None], temp_prefix: str) -> Path:
+    """Run ``build`` on a hidden temporary folder beside ``dest`` (named ``temp_prefix``
+    and a random tail), then rename it to ``dest``; returns ``dest``.
+
+    The temporary folder is removed on any failure. Raises ``FileExistsError`` when
+    ``dest`` exists before or after the build.
+    """
+    if dest.exists():
+        raise FileExistsError(errno.EEXIST, "model destination already exists", str(dest))
+    staging = Path(tempfile.mkdtemp(prefix=temp_prefix, dir=dest.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes it private; the model folder is not
+        build(staging)
+        _rename_no_replace(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return dest
 
 

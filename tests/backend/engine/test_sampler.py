@@ -206,8 +206,9 @@ def test_unusable_source_image_fails_alone(runtime: ModelRuntime) -> None:
 
 
 def test_decoded_previews_every_n_steps(runtime: ModelRuntime) -> None:
-    """With decoded previews every 2 steps, steps 2 and 4 carry a decoded WebP, the others
-    the cheap projection."""
+    """With decoded previews every 2 steps, steps 2 and 4 carry a decoded WebP through the
+    configured decoder, the others the cheap preview; a 64 px image's previews are all
+    scaled up to 256 px so they show in a chat message."""
     from backend.engine.preview import PreviewMaker
 
     decoded_at: list[int] = []
@@ -230,7 +231,7 @@ def test_decoded_previews_every_n_steps(runtime: ModelRuntime) -> None:
         assert data is not None
         with Image.open(io.BytesIO(data)) as image:
             sizes[step] = image.size
-    assert sizes == {1: (64, 64), 2: (64, 64), 3: (64, 64), 4: (64, 64)}
+    assert sizes == {1: (256, 256), 2: (256, 256), 3: (256, 256), 4: (256, 256)}
     assert decoded_at == [2, 4]
 
 
