@@ -3,9 +3,11 @@ image encoding, decoding, latent shapes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -24,6 +26,11 @@ class Conditioning:
     timestep_cond: torch.Tensor | None = None
 
 
+# Prompt embeddings kept per loaded model: a resumed job, and a reroll or variation of
+# a recent prompt, reuse them instead of running the text encoder(s) again.
+CONDITIONING_CACHE_SIZE = 64
+
+
 class ModelRuntime:
     """A loaded pipeline's components and the family-specific parts of the loop."""
 
@@ -39,6 +46,10 @@ class ModelRuntime:
         self.latent_channels: int = int(self.unet.config.in_channels)
         self.scheduler_config = pipe.scheduler.config
         self.guidance_embedding = self.unet.config.time_cond_proj_dim is not None
+        self._conditioning: OrderedDict[Hashable, Conditioning] = OrderedDict()
+        self._conditioning_lock = threading.Lock()
+        self.conditioning_hits = 0
+        self.conditioning_misses = 0
 
     def latent_shape(self, spec: JobSpec) -> tuple[int, int, int]:
         """(channels, height, width) of one sample's latents for ``spec``."""
@@ -52,7 +63,32 @@ class ModelRuntime:
         return guidance > 1.0 and not self.guidance_embedding
 
     def encode(self, spec: JobSpec) -> Conditioning:
-        """Prompt embeddings for all of the job's rows (recomputed on every resume)."""
+        """Prompt embeddings for all of the job's rows: from the model's small cache of
+        recent ones when the same prompt, negative prompt, sample count and guidance (and
+        for SDXL the size) were encoded lately, as on a resume, a reroll or a variation;
+        the text encoders run otherwise. The result is shared: callers never write to it.
+        """
+        key = self._conditioning_key(spec)
+        with self._conditioning_lock:
+            cached = self._conditioning.get(key)
+            if cached is not None:
+                self._conditioning.move_to_end(key)
+                self.conditioning_hits += 1
+                return replace(cached, added=dict(cached.added))
+        cond = self._encode(spec)
+        with self._conditioning_lock:
+            self.conditioning_misses += 1
+            self._conditioning[key] = cond
+            while len(self._conditioning) > CONDITIONING_CACHE_SIZE:
+                self._conditioning.popitem(last=False)
+        return replace(cond, added=dict(cond.added))
+
+    def _conditioning_key(self, spec: JobSpec) -> Hashable:
+        guidance = spec.guidance if self.guidance_embedding else None
+        size = (spec.width, spec.height) if self.family is ModelFamily.SDXL else None
+        return (spec.prompt, spec.negative_prompt, spec.n, self.uses_guidance(spec), guidance, size)
+
+    def _encode(self, spec: JobSpec) -> Conditioning:
         cfg = self.uses_guidance(spec)
         negative = spec.negative_prompt or None
         with torch.inference_mode():
