@@ -109,6 +109,7 @@ class ModelSettings(_Section):
         min_length=1, description="Hub id, local folder, builtin:shapes or builtin:tiny"
     )
     family: ModelFamily = ModelFamily.SD15
+    # auto: bfloat16 on GPUs that support it, else float16 on CUDA; float32 on the CPU.
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     default_steps: int = Field(default=30, ge=1, le=500)
     default_guidance: float = Field(default=7.0, ge=0, le=30)
@@ -146,6 +147,14 @@ class EngineSettings(_Section):
     # long an idle device waits for near-simultaneous jobs to start together.
     max_batch_rows: int = Field(default=16, ge=1, le=256)
     batch_window_ms: int = Field(default=50, ge=0, le=200)
+    # CUDA only: the UNet in channels-last memory format (faster convolutions on tensor
+    # cores), and optionally compiled with torch.compile (slow first steps while it
+    # compiles; the time is logged).
+    channels_last: bool = True
+    compile_unet: bool = False
+    # Images with more pixels than this are decoded by the VAE in tiles (large upscales
+    # would otherwise need the decoder's activations for the whole image at once).
+    vae_tiling_above_px: int = Field(default=2048 * 2048, ge=64 * 64)
     # Loaded models per device are unloaded least-recently-used beyond this (MiB);
     # None: no limit on CPU, 90% of the GPU's memory on CUDA.
     memory_budget_mb: int | None = Field(default=None, ge=64)

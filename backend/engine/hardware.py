@@ -48,9 +48,13 @@ def pick_devices(preference: str) -> list[torch.device]:
 
 
 def pick_dtype(model: ModelSettings, device: torch.device) -> torch.dtype:
-    """fp16 on CUDA and fp32 on CPU unless the model names a dtype."""
+    """Unless the model names a dtype: bf16 on GPUs that support it (fp16's range
+    overflows in some VAEs and UNets; bf16's does not), else fp16 on CUDA; fp32 on the
+    CPU."""
     if model.dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[
         model.dtype
     ]

@@ -15,7 +15,7 @@ import torch
 from backend.catalog import ModelCatalog
 from backend.engine.hardware import pick_dtype, quiet_model_libraries
 from backend.errors import ModelLoadError
-from config.settings import BUILTIN_SHAPES, ModelFamily, Settings
+from config.settings import BUILTIN_SHAPES, EngineSettings, ModelFamily, Settings
 
 if TYPE_CHECKING:
     from backend.engine.runtime import ModelRuntime
@@ -69,6 +69,7 @@ class ModelRegistry:
 
             model = self._catalog.get(name)
             runtime = ModelRuntime(name, self._load(name), model.family, self.device)
+            runtime.vae_tiling_above_px = self._settings.engine.vae_tiling_above_px
             self._loaded[name] = runtime
             self._sizes[name] = _model_bytes(runtime.pipe)
             self._fit_budget(keep=in_use | {name})
@@ -128,6 +129,7 @@ class ModelRegistry:
                 raise ModelLoadError(name, source, f"pipeline has no {component}")
         pipe = pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
+        prepare_for_device(pipe, self._settings.engine, self.device, name)
         log.info(
             "model_loaded",
             model=name,
@@ -136,6 +138,26 @@ class ModelRegistry:
             load_s=round(time.perf_counter() - started, 2),
         )
         return pipe
+
+
+def prepare_for_device(pipe: Any, engine: EngineSettings, device: torch.device, name: str) -> None:
+    """PyTorch's scaled-dot-product attention everywhere; on CUDA the UNet in
+    channels-last memory format and, when ``engine.compile_unet`` asks, compiled (the
+    compile happens at its first steps; the wrapping is logged here, the first step's
+    time by the device runner)."""
+    from diffusers.models import attention_processor
+
+    sdpa: Any = attention_processor.AttnProcessor2_0
+    if not all(isinstance(p, sdpa) for p in pipe.unet.attn_processors.values()):
+        pipe.unet.set_attn_processor(sdpa())
+    if device.type != "cuda":
+        return
+    if engine.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+    if engine.compile_unet:
+        started = time.perf_counter()
+        pipe.unet = torch.compile(pipe.unet, dynamic=True)
+        log.info("unet_compile_wrapped", model=name, s=round(time.perf_counter() - started, 2))
 
 
 def _model_bytes(pipe: Any) -> int:
@@ -151,5 +173,7 @@ def _budget_bytes(budget_mb: int | None, device: torch.device) -> int | None:
     if budget_mb is not None:
         return budget_mb * 2**20
     if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory * 0.9)
+        # As the driver reports it (MIG slices and other processes' reservations show).
+        _free, total = torch.cuda.mem_get_info(device)
+        return int(total * 0.9)
     return None

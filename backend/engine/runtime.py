@@ -46,6 +46,8 @@ class ModelRuntime:
         self.latent_channels: int = int(self.unet.config.in_channels)
         self.scheduler_config = pipe.scheduler.config
         self.guidance_embedding = self.unet.config.time_cond_proj_dim is not None
+        # Images with more pixels are decoded in tiles (None: never).
+        self.vae_tiling_above_px: int | None = None
         self._conditioning: OrderedDict[Hashable, Conditioning] = OrderedDict()
         self._conditioning_lock = threading.Lock()
         self.conditioning_hits = 0
@@ -133,8 +135,32 @@ class ModelRuntime:
             {"text_embeds": pooled.to(self.device), "time_ids": time_ids},
         )
 
+    @contextmanager
+    def tiled_if_large(self, latents: torch.Tensor) -> Iterator[bool]:
+        """The VAE in tiled mode for the block when ``latents`` make an image larger than
+        :attr:`vae_tiling_above_px` (a large upscale); whether it is tiled."""
+        pixels = latents.shape[-1] * latents.shape[-2] * self.vae_scale**2
+        tile = (
+            self.vae_tiling_above_px is not None
+            and pixels > self.vae_tiling_above_px
+            and hasattr(self.vae, "enable_tiling")
+        )
+        if not tile:
+            yield False
+            return
+        self.vae.enable_tiling()
+        try:
+            yield True
+        finally:
+            self.vae.disable_tiling()
+
     def decode(self, latents: torch.Tensor, generators: list[torch.Generator]) -> list[Any]:
-        """Pixels of finished latents, as the stock pipeline produces them."""
+        """Pixels of finished latents, as the stock pipeline produces them (in tiles for
+        an image larger than :attr:`vae_tiling_above_px`)."""
+        with self.tiled_if_large(latents):
+            return self._decode(latents, generators)
+
+    def _decode(self, latents: torch.Tensor, generators: list[torch.Generator]) -> list[Any]:
         vae = self.vae
         with torch.inference_mode():
             if self.family is ModelFamily.SDXL:
