@@ -12,15 +12,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backend.bench import real
+from backend.bench.policies import POLICIES
 from backend.bench.queue import BACKENDS, run_queue_bench
 from backend.bench.scheduler import (
     FAIR_MIN_JOBS,
     SYNTHETIC_JOBS,
     check_policies,
+    load_resume_costs,
     load_step_model,
     run_scheduler_bench,
 )
-from backend.bench.sim import POLICIES, service_time
+from backend.bench.sim import service_time
+from backend.bench.sweep import SWEEP_JOBS
 from backend.bench.trace import TraceSource, trace_from, write_trace
 from backend.errors import BadInputError
 from backend.models import SCHEDULER_NAMES
@@ -121,21 +124,40 @@ def _cmd_engine(args: argparse.Namespace) -> int:
 
 def _scheduler_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--trace", type=Path, help="JSON Lines trace, one job per line")
+    source.add_argument(
+        "--trace",
+        type=Path,
+        action="append",
+        help="JSON Lines trace, one job per line (with --sweep: repeat to add several)",
+    )
     source.add_argument(
         "--synthetic", action="store_true", help="the default synthetic trace (the default)"
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="replay the grid of synthetic workloads (and any --trace files) through "
+        "every policy; --jobs sizes each trace",
     )
     parser.add_argument("--seed", type=int, default=1, help="synthetic trace seed")
     parser.add_argument(
         "--jobs",
         type=int,
-        help=f"synthetic trace length (default: {SYNTHETIC_JOBS}, or {real.REAL_JOBS} with --real)",
+        help=f"synthetic trace length (default: {SYNTHETIC_JOBS}, {SWEEP_JOBS} per trace "
+        f"with --sweep, or {real.REAL_JOBS} with --real)",
     )
     parser.add_argument("--load", type=float, default=0.85, help="offered load vs capacity")
     parser.add_argument(
         "--step-times",
         type=Path,
         help="an `imagine bench engine --json` result to use as the device",
+    )
+    parser.add_argument(
+        "--resume-costs",
+        type=Path,
+        help="`imagine bench engine --json` results (one per line, per shape) whose "
+        "checkpoint save and load times evictions and resumes cost (default: a table "
+        "measured on a 2-core CPU)",
     )
     parser.add_argument(
         "--policies",
@@ -147,6 +169,12 @@ def _scheduler_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=FAIR_MIN_JOBS,
         help="Jain counts flows whose fair share is at least this many of their jobs",
+    )
+    parser.add_argument(
+        "--no-admission",
+        dest="admission",
+        action="store_false",
+        help="let every job in (default: the tiers' rate limits and queued caps apply)",
     )
     parser.add_argument("--out", type=Path, help="write report.md, result.json and PNG plots here")
     parser.add_argument("--save-trace", type=Path, help="also write the trace used as JSON Lines")
@@ -169,7 +197,44 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
     settings = settings_for(args)
     if args.real:
         return _run_real(settings, args)
+    if args.sweep:
+        return _run_sweep(settings, args)
     return _run_simulation(settings, args)
+
+
+def _single_trace(args: argparse.Namespace) -> Path | None:
+    traces: list[Path] = args.trace or []
+    if len(traces) > 1:
+        raise BadInputError("--trace is given once, except with --sweep")
+    return traces[0] if traces else None
+
+
+def _run_sweep(settings: Settings, args: argparse.Namespace) -> int:
+    from backend.bench.sweep import SweepConfig, run_sweep
+    from backend.bench.sweep_report import sweep_markdown, write_sweep_report
+
+    if args.synthetic or args.save_trace is not None:
+        raise BadInputError("--synthetic and --save-trace do not apply to --sweep")
+    config = SweepConfig(
+        jobs=SWEEP_JOBS if args.jobs is None else args.jobs,
+        seed=args.seed,
+        policies=check_policies([n.strip() for n in args.policies.split(",") if n.strip()]),
+        extra=tuple(args.trace or ()),
+        admission=args.admission,
+    )
+    result = run_sweep(
+        settings,
+        config,
+        step_model=load_step_model(settings.scheduler, args.step_times),
+        resume=load_resume_costs(args.resume_costs),
+        say=_say,
+    )
+    print(sweep_markdown(result))
+    if args.out is not None:
+        for path in write_sweep_report(args.out, result):
+            print(f"wrote {path}")
+    _print_json(result, args.json)
+    return EXIT_OK
 
 
 def _run_simulation(settings: Settings, args: argparse.Namespace) -> int:
@@ -179,7 +244,7 @@ def _run_simulation(settings: Settings, args: argparse.Namespace) -> int:
     step_model = load_step_model(settings.scheduler, args.step_times)
     jobs = SYNTHETIC_JOBS if args.jobs is None else args.jobs
     trace = trace_from(
-        TraceSource(args.trace, args.seed, jobs, args.load),
+        TraceSource(_single_trace(args), args.seed, jobs, args.load),
         tiers=settings.scheduler.tiers,
         mean_service_s=service_time(step_model),
     )
@@ -191,6 +256,8 @@ def _run_simulation(settings: Settings, args: argparse.Namespace) -> int:
         step_model=step_model,
         policies=policies,
         fair_min_jobs=args.fair_min_jobs,
+        admission=args.admission,
+        resume=load_resume_costs(args.resume_costs),
         say=_say,
     )
     print(markdown_table(result))
@@ -203,11 +270,15 @@ def _run_simulation(settings: Settings, args: argparse.Namespace) -> int:
 
 def _run_real(settings: Settings, args: argparse.Namespace) -> int:
     """``--real``: the simulation's options where they apply, refusing the others."""
-    if args.out is not None or args.step_times is not None:
-        raise BadInputError("--out and --step-times apply to the simulation, not to --real")
+    if args.sweep:
+        raise BadInputError("--sweep applies to the simulation, not to --real")
+    if args.out is not None or args.step_times is not None or args.resume_costs is not None:
+        raise BadInputError(
+            "--out, --step-times and --resume-costs apply to the simulation, not to --real"
+        )
     jobs = real.REAL_JOBS if args.jobs is None else args.jobs
     trace = trace_from(
-        TraceSource(args.trace, args.seed, jobs, args.load),
+        TraceSource(_single_trace(args), args.seed, jobs, args.load),
         tiers=settings.scheduler.tiers,
         mean_service_s=service_time(load_step_model(settings.scheduler, None)),
     )

@@ -104,6 +104,7 @@ def run_engine_bench(
         "overhead_vs_stock": round(statistics.median(overheads), 4),
         "overhead_vs_stock_max": round(max(overheads), 4),
         "preemption": _measure_preemption(runtime, base),
+        "checkpoint": measure_checkpoint(runtime, base, config.repeats),
         "state_kib_per_sample_sd15_512": {
             name: round(size / 1024, 1) for name, size in state_sizes_sd15_512(runtime).items()
         },
@@ -207,6 +208,45 @@ def _measure_preemption(runtime: ModelRuntime, base: JobSpec, samples: int = 7) 
         "step_s": round(step_s, 6),
         "latency_steps_max": round(max(latencies) / step_s, 3),
         "state_bytes_per_sample": statistics.median(sizes) // long.n,
+    }
+
+
+def measure_checkpoint(
+    runtime: ModelRuntime, base: JobSpec, repeats: int, samples: int = 4
+) -> dict[str, Any]:
+    """Seconds to save (``dumps``, latents from the device) and load (``loads`` onto the
+    device) the checkpoint of a ``samples``-sample job of ``base``'s model and shape, two
+    steps in, per sample: what an eviction and a resume cost the device. Medians over
+    ``repeats`` runs after a warm-up."""
+    name = base.scheduler or "euler"
+    scheduler = make_scheduler(name, runtime.scheduler_config)
+    scheduler.set_timesteps(max(base.steps or 0, 2))
+    generator = torch.Generator("cpu").manual_seed(0)
+    shape = (samples, *runtime.latent_shape(base))
+    latents = torch.randn(shape, generator=generator) * scheduler.init_noise_sigma
+    kwargs = {"generator": generator} if name in ("euler_a", "lcm") else {}
+    for t in scheduler.timesteps[:2]:
+        model_input = scheduler.scale_model_input(latents, t)
+        latents = scheduler.step(model_input * 0.1, t, latents, **kwargs).prev_sample
+    state = DenoiseState(
+        latents.to(runtime.device), 2, scheduler_state(scheduler), [generator.get_state()]
+    )
+    saves, loads = [], []
+    for _ in range(repeats + 1):
+        _sync(runtime.device)
+        started = time.perf_counter()
+        blob = checkpoints.dumps(state)
+        saved = time.perf_counter()
+        checkpoints.loads(blob, runtime.device)
+        _sync(runtime.device)
+        saves.append(saved - started)
+        loads.append(time.perf_counter() - saved)
+    return {
+        "model": base.model,
+        "width": base.width,
+        "height": base.height,
+        "save_s_per_sample": round(statistics.median(saves[1:]) / samples, 7),
+        "load_s_per_sample": round(statistics.median(loads[1:]) / samples, 7),
     }
 
 

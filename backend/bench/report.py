@@ -34,12 +34,26 @@ _POLICY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("max_wait_lowest_tier_s", "max wait lowest tier s"),
 )
 
+# (class, key, title) of the per-class table; then the SLO attainment of each class.
+_CLASS_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("short", "p50_wait_s", "short p50 wait s"),
+    ("short", "p99_wait_s", "short p99 wait s"),
+    ("long", "mean_completion_s", "long mean done s"),
+    ("long", "p99_completion_s", "long p99 done s"),
+)
+_SLO_SHOWN: tuple[str, ...] = ("1.5", "2", "5")
+_SLO_TITLES: tuple[str, ...] = tuple(
+    f"{cls} SLO {k}x" for cls in ("short", "long") for k in _SLO_SHOWN
+)
+
 
 def markdown_table(result: Mapping[str, Any]) -> str:
     """Render a scheduler benchmark result as GitHub markdown tables.
 
     One row per policy and lane (waits, slowdown), one row per policy (utilisation,
-    fairness), then the targets and the ETA accuracy when the result has them.
+    fairness), one per policy of the short and long classes (waits, completions, SLO
+    attainment at 1.5, 2 and 5x standalone latency), then the targets and the ETA
+    accuracy when the result has them.
     """
     policies: Mapping[str, Mapping[str, Any]] = result.get("policies", {})
     parts = [f"Scheduler benchmark over {_number(result.get('jobs'))} jobs."]
@@ -63,6 +77,16 @@ def markdown_table(result: Mapping[str, Any]) -> str:
     parts.append(
         _table(["policy", *(title for _, title in _POLICY_COLUMNS)], policy_rows, text_columns=1)
     )
+
+    class_rows = [_class_row(name, figures) for name, figures in policies.items()]
+    if any(row is not None for row in class_rows):
+        parts.append(
+            _table(
+                ["policy", *(title for _, _, title in _CLASS_COLUMNS), *_SLO_TITLES],
+                [row for row in class_rows if row is not None],
+                text_columns=1,
+            )
+        )
 
     targets: Mapping[str, Mapping[str, Any]] | None = result.get("targets")
     if targets:
@@ -165,6 +189,17 @@ def write_report(
     result_path = out_dir / "result.json"
     result_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return [report, result_path, *plots]
+
+
+def _class_row(name: str, figures: Mapping[str, Any]) -> list[str] | None:
+    classes: Mapping[str, Mapping[str, Any]] | None = figures.get("classes")
+    if not classes:
+        return None
+    cells = [_number(classes.get(cls, {}).get(key)) for cls, key, _ in _CLASS_COLUMNS]
+    for cls in ("short", "long"):
+        slo: Mapping[str, Any] = classes.get(cls, {}).get("slo_attainment", {})
+        cells.extend(_number(slo.get(k)) for k in _SLO_SHOWN)
+    return [name, *cells]
 
 
 def _ordered_lanes(lanes: Iterable[str]) -> list[str]:

@@ -27,16 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backend.bench.sim import (
-    BUSY_BUCKET_S,
-    POLICIES,
-    DeviceSpec,
-    RunStats,
-    SimJob,
-    TableStepModel,
-    build_jobs,
-    run_policy,
-)
+from backend.bench.admit import SimAdmission
+from backend.bench.classes import class_metrics
+from backend.bench.device import DeviceSpec, ResumeCosts, TableStepModel
+from backend.bench.policies import POLICIES, SimJob
+from backend.bench.sim import BUSY_BUCKET_S, RunStats, build_jobs, run_policy
 from backend.bench.trace import TraceJob
 from backend.errors import BadInputError
 from backend.models import Lane
@@ -166,12 +161,13 @@ def policy_metrics(
     lanes: dict[str, Any] = {}
     for lane in LANE_ORDER:
         members = [job for job in jobs if job.lane is lane]
+        submitted = len(members) + sum(job.lane is lane for job in stats.refused)
         if not members:
             continue
         waits = [wait_s(job) for job in members]
         slowdowns = [sojourn_s(job) / job.cost_s for job in members]
         lanes[lane.value] = {
-            "jobs": len(members),
+            "jobs": submitted,
             "p50_wait_s": round(percentile(waits, 50), 3),
             "p99_wait_s": round(percentile(waits, 99), 3),
             "p99_slowdown": round(percentile(slowdowns, 99), 3),
@@ -186,6 +182,8 @@ def policy_metrics(
     long_jobs = [job for job in jobs if job.lane is not Lane.REALTIME]
     return {
         "lanes": lanes,
+        "classes": class_metrics([*jobs, *stats.refused]),
+        "refused": _refusals(stats),
         "busy_fraction": round(stats.busy_queued_s / queued, 4) if queued else 1.0,
         "images_per_s": round(sum(job.trace.n for job in jobs) / span, 3),
         "mean_batch": round(stats.jobs_in_steps / max(stats.steps, 1), 3),
@@ -202,6 +200,14 @@ def policy_metrics(
         if long_jobs
         else None,
     }
+
+
+def _refusals(stats: RunStats) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for job in stats.refused:
+        assert job.refused is not None
+        counts[job.refused] = counts.get(job.refused, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def eta_error(stats: RunStats, *, warmup_fraction: float, min_wait_s: float) -> dict[str, Any]:
@@ -274,13 +280,20 @@ def run_scheduler_bench(
     step_model: StepTimes,
     policies: Sequence[str] = POLICIES,
     fair_min_jobs: float = FAIR_MIN_JOBS,
+    admission: bool = True,
+    resume: ResumeCosts | None = None,
     say: Callable[[str], None] = print,
 ) -> tuple[dict[str, Any], dict[str, dict[str, list[float]]], dict[str, list[tuple[float, float]]]]:
-    """Run every policy over the trace; returns the result object, the waits per policy
-    and lane, and the busy fraction over time per policy."""
+    """Run every policy over the trace, behind the production admission control unless
+    ``admission`` is False, evictions and resumes costing ``resume`` (default: the
+    table measured here); returns the result object, the waits per policy and lane,
+    and the busy fraction over time per policy."""
     scheduler = settings.scheduler
     device = DeviceSpec(
-        step_model, settings.engine.max_batch_rows, settings.engine.batch_window_ms / 1000
+        step_model,
+        settings.engine.max_batch_rows,
+        settings.engine.batch_window_ms / 1000,
+        resume,
     )
     cost = CostModel(step_model)
     result: dict[str, Any] = {"jobs": len(trace), "policies": {}}
@@ -289,13 +302,14 @@ def run_scheduler_bench(
     for name in policies:
         jobs = build_jobs(trace, scheduler, cost, device.capacity_rows)
         started = time.perf_counter()
-        stats = run_policy(name, jobs, scheduler, device)
+        gate = SimAdmission(settings) if admission else None
+        stats = run_policy(name, jobs, scheduler, device, gate)
         say(f"{name}: simulated {len(jobs)} jobs in {time.perf_counter() - started:.1f} s")
         result["policies"][name] = policy_metrics(stats, scheduler, fair_min_jobs=fair_min_jobs)
         waits[name] = {
-            lane.value: [wait_s(job) for job in jobs if job.lane is lane]
+            lane.value: [wait_s(job) for job in stats.jobs if job.lane is lane]
             for lane in LANE_ORDER
-            if any(job.lane is lane for job in jobs)
+            if any(job.lane is lane for job in stats.jobs)
         }
         busy[name] = [
             ((bucket + 0.5) * BUSY_BUCKET_S, min(1.0, seconds / BUSY_BUCKET_S))
@@ -325,3 +339,20 @@ def load_step_model(settings: SchedulerSettings, path: Path | None) -> StepTimes
     except (OSError, ValueError, IndexError) as exc:
         raise BadInputError(f"--step-times {path}: cannot read a JSON result ({exc})") from exc
     return TableStepModel.from_engine_json(data, settings.step_pixel_exponent)
+
+
+def load_resume_costs(path: Path | None) -> ResumeCosts | None:
+    """Checkpoint save and load times from ``imagine bench engine --json`` results at
+    ``path`` (one per line, each its last line's object), or None for the default table."""
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").strip().splitlines()
+        found = [json.loads(line) for line in lines if line.lstrip().startswith(("{", "["))]
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"--resume-costs {path}: cannot read a JSON result ({exc})") from exc
+    results = [item for data in found for item in (data if isinstance(data, list) else [data])]
+    usable = [item for item in results if isinstance(item, dict) and "checkpoint" in item]
+    if not usable:
+        raise BadInputError(f"--resume-costs {path}: no `imagine bench engine --json` result")
+    return ResumeCosts.from_engine_json(usable)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from backend.bench.policies import POLICIES
 from backend.bench.scheduler import check_policies
-from backend.bench.sim import POLICIES
 from backend.errors import BadInputError
 from cli import main
 
@@ -79,3 +79,38 @@ def test_real_refuses_step_times(tmp_path: Path, capsys: pytest.CaptureFixture[s
     """--step-times belongs to the simulation: --real refuses it with exit status 2."""
     assert main(["bench", "scheduler", "--real", "--step-times", str(tmp_path / "e.json")]) == 2
     assert "--step-times" in capsys.readouterr().err
+
+
+def test_scheduler_no_admission_lets_every_job_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--no-admission reaches the simulation: a free user's burst is refused only
+    without the flag."""
+    trace = tmp_path / "t.jsonl"
+    line = {"user": "f", "tier": "free", "steps": 4, "width": 512, "height": 512, "n": 1}
+    trace.write_text(
+        "".join(json.dumps({**line, "t": i * 0.1, "lane": None}) + "\n" for i in range(15))
+    )
+    base = ["bench", "scheduler", "--trace", str(trace), "--policies", "fifo", "--json"]
+    assert main(base) == 0
+    refused = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert refused["policies"]["fifo"]["refused"]
+    assert main([*base, "--no-admission"]) == 0
+    admitted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert admitted["policies"]["fifo"]["refused"] == {}
+
+
+def test_scheduler_resume_costs_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--resume-costs reads an engine result; a file without one exits 2 naming the flag,
+    and --real refuses the flag."""
+    good = tmp_path / "engine.json"
+    figures = {"width": 512, "height": 512, "save_s_per_sample": 0.01, "load_s_per_sample": 0.01}
+    good.write_text(json.dumps({"checkpoint": figures}) + "\n")
+    args = ["bench", "scheduler", "--jobs", "30", "--policies", "ours", "--json"]
+    assert main([*args, "--resume-costs", str(good)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["jobs"] == 30
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}\n")
+    assert main([*args, "--resume-costs", str(bad)]) == 2
+    assert f"--resume-costs {bad}" in capsys.readouterr().err
+    assert main(["bench", "scheduler", "--real", "--resume-costs", str(good)]) == 2

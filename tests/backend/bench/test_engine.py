@@ -13,7 +13,8 @@ from cli import main
 def test_bench_engine_prints_documented_json(
     engine_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The last line is JSON with per-batch figures, the 95% batch, overhead and preemption."""
+    """The last line is JSON with per-batch figures, the 95% batch, overhead, preemption
+    and checkpoint save and load times."""
     args = ["bench", "engine", "--batches", "1,2", "--repeats", "1", "--steps", "2", "--json"]
     assert main(args) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
@@ -25,6 +26,9 @@ def test_bench_engine_prints_documented_json(
     assert result["speedup_best_vs_1"] >= 1.0
     assert isinstance(result["overhead_vs_stock"], float)
     assert result["preemption"]["state_bytes_per_sample"] > 0
+    checkpoint = result["checkpoint"]
+    assert (checkpoint["width"], checkpoint["height"]) == (64, 64)
+    assert checkpoint["save_s_per_sample"] > 0 and checkpoint["load_s_per_sample"] > 0
     assert set(result["state_kib_per_sample_sd15_512"]) == {"euler", "euler_a", "dpmpp_2m", "lcm"}
 
 

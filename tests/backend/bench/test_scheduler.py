@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from backend.bench.device import TableStepModel
+from backend.bench.policies import POLICIES, SimJob, SrptDispatcher
 from backend.bench.scheduler import fair_shares, fairness, run_scheduler_bench
-from backend.bench.sim import POLICIES, RunStats, SimJob, TableStepModel, service_time
+from backend.bench.sim import RunStats, service_time
 from backend.bench.trace import TraceJob, synthetic_trace
 from backend.errors import BadInputError
 from backend.models import Lane
@@ -46,6 +48,22 @@ def test_every_policy_reports_the_documented_shape(small_run: dict) -> None:  # 
         for lane in figures["lanes"].values():
             assert set(lane) == LANE_KEYS
         assert sum(lane["jobs"] for lane in figures["lanes"].values()) == 400
+
+
+def test_every_policy_reports_classes_and_slo_attainment(small_run: dict) -> None:  # type: ignore[type-arg]
+    """Each policy reports the short and long class with SLO attainment per factor,
+    rising with the factor, and the short class holds 80% of the jobs."""
+    for figures in small_run["policies"].values():
+        classes = figures["classes"]
+        assert classes["short"]["jobs"] == 320 and classes["long"]["jobs"] == 80
+        assert {"p50_wait_s", "p99_wait_s"} <= set(classes["short"])
+        assert {"mean_completion_s", "p99_completion_s"} <= set(classes["long"])
+        for cls in ("short", "long"):
+            slo = classes[cls]["slo_attainment"]
+            assert list(slo) == ["1.2", "1.5", "2", "3", "5"]
+            values = list(slo.values())
+            assert values == sorted(values) and values[0] >= 0 and values[-1] <= 1
+        assert figures["preemptions_per_1000"] >= 0
 
 
 def test_same_jobs_same_lanes_for_every_policy(small_run: dict) -> None:  # type: ignore[type-arg]
@@ -103,6 +121,10 @@ def test_cli_trace_file_json_and_report(tmp_path: Path, capsys: pytest.CaptureFi
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["jobs"] == 20
     assert (out / "report.md").is_file() and (out / "busy_fraction.png").is_file()
+    for figures in result["policies"].values():
+        assert set(figures["classes"]) == {"short", "long"}
+        assert set(figures["classes"]["long"]["slo_attainment"]) == {"1.2", "1.5", "2", "3", "5"}
+    assert "short p99 wait s" in (out / "report.md").read_text()
 
 
 def test_cli_bad_trace_line_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,3 +185,30 @@ def test_fairness_headline_skips_flows_too_short_to_judge() -> None:
     fair = fairness(_flow_stats((0.5, 0.5)), weights, min_jobs=15)
     assert fair.flows == 1 and fair.jain == 1.0
     assert fair.flows_all == 2 and fair.jain_all == pytest.approx(0.9)
+
+
+def test_srpt_serves_short_work_first_and_preempts(small_run: dict) -> None:  # type: ignore[type-arg]
+    """The srpt baseline batches and preempts: its short-class p99 wait is far under
+    FIFO's and it records preemptions."""
+    srpt, fifo = small_run["policies"]["srpt"], small_run["policies"]["fifo"]
+    assert srpt["preemptions_per_1000"] > 0 and srpt["mean_batch"] > 1.0
+    short_p99 = srpt["classes"]["short"]["p99_wait_s"]
+    assert short_p99 < fifo["classes"]["short"]["p99_wait_s"] / 3
+
+
+def test_srpt_takes_the_least_remaining_work() -> None:
+    """Of three queued jobs the one with the least device time left comes first, and a
+    job given back is ranked by what it has left."""
+
+    def job(index: int, cost_s: float, steps_done: int = 0) -> SimJob:
+        trace = TraceJob(index, 0.0, "u", "free", 10, 512, 512, 1, None)
+        return SimJob(trace, Lane.BATCH, cost_s, 2, 1.0, 0, steps_done=steps_done)
+
+    srpt = SrptDispatcher()
+    big, small, half = job(0, 10.0), job(1, 2.0), job(2, 10.0, steps_done=9)
+    for item in (big, small, half):
+        srpt.arrive(item, 0.0)
+    assert [srpt.take(0.0) for _ in range(3)] == [half, small, big]
+    big.steps_done = 9
+    srpt.give_back(big, 1.0)
+    assert srpt.head(1.0) is big and big.rank == 1000
