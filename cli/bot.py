@@ -75,10 +75,13 @@ async def run_bot(settings: Settings, token: str) -> int:
     try:
         async with open_backend(settings, local_worker=local) as backend:
             bot = _build_bot(settings, backend)
-            await _serve(bot, token, stop)
-            # Running jobs are checkpointed and requeued rather than drained: a bot's
-            # stop should take seconds, and the next start resumes them.
-            backend.interrupt()
+            try:
+                await _serve(bot, token, stop)
+            finally:
+                # Running jobs are checkpointed and requeued rather than drained, also
+                # when Discord refused us: a bot's stop takes seconds, and the next
+                # start resumes them.
+                backend.interrupt()
     finally:
         _restore_signals()
     return EXIT_OK
