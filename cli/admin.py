@@ -81,13 +81,18 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_build_tiny(args: argparse.Namespace) -> int:
-    settings_for(args)
-    target: Path = args.dir
+def _new_dir(target: Path) -> Path:
+    """``target`` if a model can be built there: it does not exist, its parent does."""
     if target.exists():
         raise BadInputError(f"{target} already exists; choose a new directory")
     if not target.parent.is_dir():
         raise BadInputError(f"{target.parent} is not a directory")
+    return target
+
+
+def _cmd_build_tiny(args: argparse.Namespace) -> int:
+    settings_for(args)
+    target = _new_dir(args.dir)
     from backend.engine.tiny import build_tiny_pipeline
 
     print(build_tiny_pipeline(target))
@@ -115,11 +120,7 @@ def _add_build_random(model_commands: Commands, common: argparse.ArgumentParser)
 
 def _cmd_build_random(args: argparse.Namespace) -> int:
     settings_for(args)
-    target: Path = args.dir
-    if target.exists():
-        raise BadInputError(f"{target} already exists; choose a new directory")
-    if not target.parent.is_dir():
-        raise BadInputError(f"{target.parent} is not a directory")
+    target = _new_dir(args.dir)
     from backend.engine.random_models import ModelSize, build_random_pipeline
     from config.settings import ModelFamily
 

@@ -20,32 +20,9 @@ from backend.engine.sampler import ActiveJob, Request, denoise_step, stock_gener
 from backend.engine.source import load_source_image
 from backend.errors import CheckpointError, JobError
 from backend.models import SCHEDULER_NAMES, JobSpec
+from tests.backend.engine.jobs import make_spec, run_core
 
 EXACT_SCHEDULERS = ["euler", "euler_a", "dpmpp_2m", "lcm"]
-
-
-def make_spec(**changes: Any) -> JobSpec:
-    base = JobSpec(
-        prompt="a lighthouse at dusk",
-        seed=7,
-        width=64,
-        height=64,
-        steps=5,
-        guidance=7.5,
-        model="tiny",
-        n=2,
-        scheduler="euler",
-    )
-    return replace(base, **changes)
-
-
-def run_core(runtime: ModelRuntime, request: Request, checkpoint: bytes | None = None) -> Any:
-    core = BatchCore(lambda _name: runtime)
-    core.submit(request, checkpoint)
-    while True:
-        for event in core.step():
-            if event.outcome in (Outcome.FINISHED, Outcome.FAILED):
-                return event
 
 
 def stock_images(runtime: ModelRuntime, spec: JobSpec) -> list[np.ndarray]:

@@ -3,7 +3,6 @@ batches and img2img, with the tiny random SDXL pipeline."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -15,32 +14,14 @@ from backend.engine.batch import BatchCore, Outcome
 from backend.engine.runtime import ModelRuntime
 from backend.engine.sampler import ActiveJob, Request, denoise_step, stock_generate
 from backend.models import JobSpec
+from tests.backend.engine.jobs import make_spec as shared_spec
+from tests.backend.engine.jobs import run_core
 
 SCHEDULERS = ["euler", "euler_a", "dpmpp_2m"]
 
 
 def make_spec(**changes: Any) -> JobSpec:
-    base = JobSpec(
-        prompt="a lighthouse at dusk",
-        seed=7,
-        width=64,
-        height=64,
-        steps=3,
-        guidance=7.5,
-        model="tiny-sdxl",
-        n=2,
-        scheduler="euler",
-    )
-    return replace(base, **changes)
-
-
-def run_core(runtime: ModelRuntime, request: Request, checkpoint: bytes | None = None) -> Any:
-    core = BatchCore(lambda _name: runtime)
-    core.submit(request, checkpoint)
-    while True:
-        for event in core.step():
-            if event.outcome in (Outcome.FINISHED, Outcome.FAILED):
-                return event
+    return shared_spec(**{"model": "tiny-sdxl", "steps": 3, **changes})
 
 
 def pixels(images: Any) -> list[np.ndarray]:
