@@ -41,8 +41,9 @@ from tests.discord_emulator.messages import Message
 from tests.discord_emulator.models import User
 from tests.discord_emulator.server import DiscordEmulator
 
-# REST calls a job makes beyond its progress edits: the interaction callback, the final
-# edit, and when the token expired the channel post and the progress message's pointer.
+# The README's bound on REST calls per job beyond duration / interval: the first
+# progress edit, the interaction callback, the final edit, and when the token expired
+# the channel post and the progress message's pointer instead of the final edit.
 REST_CALLS_CONSTANT = 4
 SAMPLE_PX = 32
 
