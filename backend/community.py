@@ -229,8 +229,7 @@ class Community:
         detail: dict[str, Any] | None = None,
     ) -> None:
         """Append an admin action to the audit log (and the log)."""
-        await self._db.audit.record(actor_id, action, target, detail)
-        log.info("admin_action", actor_id=actor_id, action=action, target=target, detail=detail)
+        await record_admin_action(self._db, actor_id, action, target, detail)
 
     async def audit_log(self, limit: int = 20) -> list[AuditEntry]:
         """The ``limit`` latest admin actions, newest first."""
@@ -302,6 +301,18 @@ class Community:
     async def take_notes(self, user_id: int) -> list[str]:
         """The user's notes not shown yet, oldest first; each is handed out once."""
         return [note.text for note in await self._db.notes.take(user_id)]
+
+
+async def record_admin_action(
+    db: Database,
+    actor_id: int,
+    action: str,
+    target: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Append an admin action to the audit log, and log it as ``admin_action``."""
+    await db.audit.record(actor_id, action, target, detail)
+    log.info("admin_action", actor_id=actor_id, action=action, target=target, detail=detail)
 
 
 def _delivery(row: DeliveryRow) -> Delivery:

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-import structlog
-
 from backend.clock import wall_ms
+from backend.community import record_admin_action
 from backend.degrade.ladder import Level
 from backend.errors import BadInputError
 from backend.models import JobState, Lane
@@ -29,8 +28,6 @@ if TYPE_CHECKING:
     from backend.queue.base import JobQueue
     from backend.service import GenerationService
     from storage.db import Database
-
-log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,8 +261,7 @@ class Operations:
         self, actor_id: int, action: str, target: object, detail: dict[str, object] | None = None
     ) -> None:
         shown = None if target is None else str(getattr(target, "value", target))
-        await self._backend.db.audit.record(actor_id, action, shown, detail)
-        log.info("admin_action", actor_id=actor_id, action=action, target=shown, detail=detail)
+        await record_admin_action(self._backend.db, actor_id, action, shown, dict(detail or {}))
 
 
 def _midnight_ms() -> int:

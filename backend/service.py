@@ -495,9 +495,8 @@ class GenerationService:
         self, user_id: int, *, limit: int = 20, active: bool = False
     ) -> list[JobView]:
         """The user's most recent jobs, newest first; ``active``: only those not ended."""
-        rows = await self.db.jobs.list_for_user(user_id, limit=limit if not active else 500)
-        if active:
-            rows = [row for row in rows if not JobState(row.state).is_final][:limit]
+        states = [state.value for state in JobState if not state.is_final] if active else []
+        rows = await self.db.jobs.list_for_user(user_id, limit, states=states)
         return [await self._view(row) for row in rows]
 
     async def _view(self, row: JobRow) -> JobView:

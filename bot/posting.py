@@ -17,6 +17,7 @@ import discord
 import structlog
 
 from backend.models import Job
+from backend.service import JobView
 from bot import render
 from bot.buttons import buttons_view
 from bot.render import Header
@@ -68,10 +69,9 @@ async def start_job(
         if deferred:
             await _drop_thinking(interaction)
         raise
-    await _post_progress(
+    view = await _post_progress(
         bot, interaction, job, private=private, deferred=deferred, parent_link=parent_link
     )
-    view = await service.job(job.id)
     delivery = await community.delivery(job.id)
     if view is not None and delivery is not None:
         await bot.deliveries.follow(delivery, view, parent_link)
@@ -86,7 +86,8 @@ async def _post_progress(
     private: bool,
     deferred: bool,
     parent_link: str | None,
-) -> None:
+) -> JobView | None:
+    """Post the progress message; the job's view it was rendered from (None: gone)."""
     service, community = bot.deps.service, bot.deps.community
     status = await service.status(job.id)
     view = await service.job(job.id)
@@ -106,6 +107,7 @@ async def _post_progress(
         job.id, interaction.channel_id if not private else None, message_id
     )
     log.info("progress_posted", job_id=job.id, message_id=message_id, deferred=deferred)
+    return view
 
 
 async def _drop_thinking(interaction: discord.Interaction[Any]) -> None:

@@ -174,7 +174,16 @@ class NoteRepo:
             )
 
     async def take(self, user_id: int) -> list[NoteRow]:
-        """The user's unshown notes, oldest first, marked shown in the same transaction."""
+        """The user's unshown notes, oldest first, marked shown in the same transaction.
+        Runs after every command, so the usual case (none) is one read, no write lock."""
+        async with self._db.reading() as conn:
+            waiting = await fetch_one(
+                conn,
+                "SELECT 1 FROM notes WHERE user_id = ? AND shown_at_ms IS NULL LIMIT 1",
+                (user_id,),
+            )
+        if waiting is None:
+            return []
         async with self._db.transaction() as conn:
             rows = await fetch_all(
                 conn,

@@ -418,14 +418,20 @@ class JobRepo:
             )
         return int(row["n"]) if row is not None else 0
 
-    async def list_for_user(self, user_id: int, limit: int = 20) -> list[JobRow]:
-        """The user's ``limit`` most recent jobs, newest first."""
+    async def list_for_user(
+        self, user_id: int, limit: int = 20, *, states: Sequence[str] = ()
+    ) -> list[JobRow]:
+        """The user's ``limit`` most recent jobs, newest first; only those in ``states``
+        when any are given."""
+        where = "user_id = ?"
+        if states:
+            where += f" AND state IN ({', '.join('?' * len(states))})"
         async with self._db.reading() as conn:
             rows = await fetch_all(
                 conn,
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE user_id = ?"
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where}"
                 " ORDER BY submitted_at_ms DESC, rowid DESC LIMIT ?",
-                (user_id, limit),
+                (user_id, *states, limit),
             )
         return [_job(row) for row in rows]
 

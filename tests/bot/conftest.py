@@ -68,6 +68,14 @@ async def command(run: RunningBot, who: str, path: str, /, **options: object) ->
     return ix
 
 
+async def imagine(run: RunningBot, who: str, prompt: str) -> Message:
+    """Run /imagine as ``who``; the job's progress message."""
+    ix = await command(run, who, "imagine", prompt=prompt)
+    progress = ix.original()
+    assert progress is not None, answer(ix)
+    return progress
+
+
 def job_of(message: Message) -> str:
     """The job id a progress or result message's buttons carry."""
     for custom_id in message.custom_ids():

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from config.settings import Settings
-from tests.bot.conftest import RunningBot, job_of, running_bot
+from tests.bot.conftest import RunningBot, imagine, job_of, running_bot
 from tests.discord_emulator.messages import Message
 from tests.discord_emulator.server import DiscordEmulator
 
@@ -18,12 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 async def _imagine(run: RunningBot, user_name: str, prompt: str) -> tuple[str, Message]:
-    emu = run.emu
-    ix = await emu.slash(emu.users[user_name], emu.channel, "imagine", prompt=prompt)
-    await ix.wait_response(timeout_s=5)
-    progress = ix.original()
-    assert progress is not None
-    job_id = job_of(progress)
+    job_id = job_of(await imagine(run, user_name, prompt))
     return job_id, await run.final_message(job_id)
 
 

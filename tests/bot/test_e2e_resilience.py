@@ -9,7 +9,7 @@ import pytest
 
 from backend.models import Lane
 from config.settings import Settings
-from tests.bot.conftest import RunningBot, expire_delivery, job_of, running_bot
+from tests.bot.conftest import RunningBot, expire_delivery, imagine, job_of, running_bot
 from tests.discord_emulator.server import DiscordEmulator
 
 pytestmark = pytest.mark.slow
@@ -17,11 +17,7 @@ pytestmark = pytest.mark.slow
 
 async def _start(run: RunningBot, prompt: str, user: str = "alice") -> tuple[str, int]:
     """Run /imagine; the job id and the progress message's id."""
-    emu = run.emu
-    ix = await emu.slash(emu.users[user], emu.channel, "imagine", {"prompt": prompt})
-    await ix.wait_response(timeout_s=5)
-    progress = ix.original()
-    assert progress is not None
+    progress = await imagine(run, user, prompt)
     return job_of(progress), progress.id
 
 

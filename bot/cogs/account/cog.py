@@ -90,24 +90,24 @@ class AccountCog(commands.Cog):
             f"**Service** degradation level {service.restrictions().level.value}",
             "**Your jobs**",
         ]
-        lines += await self._job_lines(user.id) or ["none queued or running"]
+        lines += await self._job_lines(await self._active_jobs(user.id)) or [
+            "none queued or running"
+        ]
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
 
     @app_commands.command(name="queue", description="Your queued and running jobs")
     async def queue(self, interaction: discord.Interaction[Any]) -> None:
         """Own active jobs with their places, a cancel button each."""
         await self.bot.deps.community.check_user(interaction.user.id)
-        jobs = await self.bot.deps.service.jobs_of(
-            interaction.user.id, limit=QUEUE_SHOWN, active=True
-        )
+        jobs = await self._active_jobs(interaction.user.id)
         if not jobs:
             await interaction.response.send_message(
                 "You have no queued or running jobs.", ephemeral=True
             )
             return
-        lines = await self._job_lines(interaction.user.id)
+        lines = await self._job_lines(jobs)
         view = discord.ui.View(timeout=None)
-        for number, job in enumerate(jobs[:QUEUE_SHOWN]):
+        for number, job in enumerate(jobs):
             spec = ButtonSpec(render.Action.CANCEL, 0, f"Cancel {number + 1}", number // 5, "✖")
             for item in buttons_view([spec], job.id).children:
                 view.add_item(item)
@@ -164,12 +164,12 @@ class AccountCog(commands.Cog):
             raise UnknownJobError(job_id)
         return view
 
-    async def _job_lines(self, user_id: int) -> list[str]:
+    async def _active_jobs(self, user_id: int) -> list[JobView]:
+        return await self.bot.deps.service.jobs_of(user_id, limit=QUEUE_SHOWN, active=True)
+
+    async def _job_lines(self, jobs: list[JobView]) -> list[str]:
         service = self.bot.deps.service
-        lines = []
-        for view in await service.jobs_of(user_id, limit=QUEUE_SHOWN, active=True):
-            lines.append(render.job_line(view, await service.status(view.id)))
-        return lines
+        return [render.job_line(view, await service.status(view.id)) for view in jobs]
 
 
 def _describe(preferences: Preferences) -> str:

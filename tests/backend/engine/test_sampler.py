@@ -20,21 +20,20 @@ from backend.engine.sampler import ActiveJob, Request, denoise_step, stock_gener
 from backend.engine.source import load_source_image
 from backend.errors import CheckpointError, JobError
 from backend.models import SCHEDULER_NAMES, JobSpec
-from tests.backend.engine.jobs import make_spec, run_core
+from tests.backend.engine.jobs import (
+    evict_after,
+    make_spec,
+    max_diff,
+    pixels,
+    run_core,
+    solo_latents,
+)
 
 EXACT_SCHEDULERS = ["euler", "euler_a", "dpmpp_2m", "lcm"]
 
 
 def stock_images(runtime: ModelRuntime, spec: JobSpec) -> list[np.ndarray]:
     return [np.asarray(image) for image in stock_generate(runtime, spec)]
-
-
-def pixels(images: tuple[Image.Image, ...]) -> list[np.ndarray]:
-    return [np.asarray(image) for image in images]
-
-
-def max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> int:
-    return max(int(np.abs(x.astype(int) - y.astype(int)).max()) for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize("scheduler", EXACT_SCHEDULERS)
@@ -53,24 +52,10 @@ def test_resume_after_every_step_is_exact(runtime: ModelRuntime, scheduler: str)
     spec = make_spec(scheduler=scheduler, steps=4)
     reference = pixels(run_core(runtime, Request("ref", spec)).images)
     for k in range(1, spec.steps or 0):
-        core = BatchCore(lambda _name: runtime)
-        core.submit(Request("j", spec))
-        for _ in range(k):
-            core.step()
-        core.evict("j")
-        (evicted,) = [e for e in core.step() if e.outcome is Outcome.EVICTED]
+        evicted = evict_after(runtime, spec, k)
         assert evicted.step == k and evicted.checkpoint is not None
         resumed = run_core(runtime, Request("j", spec), evicted.checkpoint)
         assert max_diff(pixels(resumed.images), reference) == 0, f"resume after step {k}"
-
-
-def solo_latents(runtime: ModelRuntime, request: Request) -> torch.Tensor:
-    job = ActiveJob(request, runtime)
-    job.prepare()
-    while not job.done:
-        assert denoise_step(runtime, [job]) == {}
-    assert job.latents is not None
-    return job.latents
 
 
 def test_mixed_batch_rows_match_their_solo_runs(runtime: ModelRuntime) -> None:
@@ -213,12 +198,7 @@ def test_decoded_previews_every_n_steps(runtime: ModelRuntime) -> None:
 
 
 def evicted_checkpoint(runtime: ModelRuntime, spec: JobSpec, steps_run: int) -> bytes:
-    core = BatchCore(lambda _name: runtime)
-    core.submit(Request("j", spec))
-    for _ in range(steps_run):
-        core.step()
-    core.evict("j")
-    (evicted,) = [e for e in core.step() if e.outcome is Outcome.EVICTED]
+    evicted = evict_after(runtime, spec, steps_run)
     assert evicted.checkpoint is not None
     return evicted.checkpoint
 

@@ -14,22 +14,14 @@ from backend.engine.batch import BatchCore, Outcome
 from backend.engine.runtime import ModelRuntime
 from backend.engine.sampler import ActiveJob, Request, denoise_step, stock_generate
 from backend.models import JobSpec
+from tests.backend.engine.jobs import evict_after, max_diff, pixels, run_core, solo_latents
 from tests.backend.engine.jobs import make_spec as shared_spec
-from tests.backend.engine.jobs import run_core
 
 SCHEDULERS = ["euler", "euler_a", "dpmpp_2m"]
 
 
 def make_spec(**changes: Any) -> JobSpec:
     return shared_spec(**{"model": "tiny-sdxl", "steps": 3, **changes})
-
-
-def pixels(images: Any) -> list[np.ndarray]:
-    return [np.asarray(image) for image in images]
-
-
-def max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> int:
-    return max(int(np.abs(x.astype(int) - y.astype(int)).max()) for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
@@ -59,24 +51,10 @@ def test_resume_after_every_step_is_exact(sdxl_runtime: ModelRuntime, scheduler:
     spec = make_spec(scheduler=scheduler, steps=4, n=1)
     reference = pixels(run_core(sdxl_runtime, Request("ref", spec)).images)
     for k in range(1, 4):
-        core = BatchCore(lambda _name: sdxl_runtime)
-        core.submit(Request("j", spec))
-        for _ in range(k):
-            core.step()
-        core.evict("j")
-        (evicted,) = [e for e in core.step() if e.outcome is Outcome.EVICTED]
+        evicted = evict_after(sdxl_runtime, spec, k)
         assert evicted.step == k and evicted.checkpoint is not None
         resumed = run_core(sdxl_runtime, Request("j", spec), evicted.checkpoint)
         assert max_diff(pixels(resumed.images), reference) == 0, f"resume after step {k}"
-
-
-def solo_latents(runtime: ModelRuntime, request: Request) -> torch.Tensor:
-    job = ActiveJob(request, runtime)
-    job.prepare()
-    while not job.done:
-        assert denoise_step(runtime, [job]) == {}
-    assert job.latents is not None
-    return job.latents
 
 
 def test_mixed_batch_rows_match_their_solo_runs(sdxl_runtime: ModelRuntime) -> None:
