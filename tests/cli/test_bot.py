@@ -61,7 +61,7 @@ async def _serving(
     emu: DiscordEmulator, env: dict[str, str], log: Path
 ) -> AsyncIterator[subprocess.Popen[bytes]]:
     """A bot process, once its commands are synced and it is on the gateway; SIGTERM and
-    exit 0 on the way out."""
+    exit 0 on the way out (unless the test already stopped it)."""
     synced = len(emu.requests_to("PUT /applications/{app}/guilds/{guild}/commands"))
     identified = emu.gateway_stats.identifies
     with _bot_process(env, log) as process:
@@ -74,6 +74,8 @@ async def _serving(
             assert time.monotonic() < deadline, "the bot never synced and connected"
             await asyncio.sleep(0.2)
         yield process
+        if process.poll() is not None:
+            return  # the test stopped it its own way
         process.send_signal(signal.SIGTERM)
         status = await asyncio.to_thread(process.wait, STOP_BOUND_S)
         assert status == 0, log.read_text()[-3000:]
@@ -160,3 +162,22 @@ async def test_the_bot_process_serves_stops_on_sigterm_and_resumes_after_a_resta
         vary = click.original()
         assert vary is not None and "Variation of" in vary.content
         await _grid(emu, vary.custom_ids()[0].rsplit(":", 1)[1])
+
+
+async def test_a_bot_killed_mid_job_delivers_the_job_after_the_next_start(
+    discord_emulator: DiscordEmulator, tmp_path: Path
+) -> None:
+    """kill -9 in the middle of a job: the next process on the same data directory runs
+    the job again and delivers it to the progress message the first one posted."""
+    emu = discord_emulator
+    env = _env(emu, tmp_path / "data", emu.token)
+    async with _serving(emu, env, tmp_path / "first.log") as first:
+        job, message = await _imagine(emu, "a green circle on a black background --steps 150")
+        await emu.wait_for_message(
+            lambda m: m.id == message and re.search(r"\([1-9][0-9]?%", m.content),
+            timeout_s=60,
+        )
+        first.kill()
+        assert await asyncio.to_thread(first.wait, STOP_BOUND_S) == -signal.SIGKILL
+    async with _serving(emu, env, tmp_path / "second.log"):
+        assert await _grid(emu, job) == message
