@@ -404,6 +404,7 @@ def _device_worker(backend: Backend, ledger: JobLedger, device: torch.device) ->
         grid_resample=engine.grid_resample,
         allow=backend.claim_filter,
         preemption=Rules.from_settings(settings.scheduler),
+        pause_rows=settings.scheduler.preempt_pause_rows,
         on_step=backend.service.record_step,
         on_start=backend.service.job_started,
     )

@@ -288,7 +288,8 @@ def _default_tiers() -> dict[str, TierSettings]:
         "free": TierSettings(
             weight=1,
             rate_per_min=10,
-            max_running=1,
+            # Two, so that a user's quick job can run while their long one is paused.
+            max_running=2,
             max_queued=4,
             speeds=fast_relax,
             fast_budget_gpu_s=1800,
@@ -336,10 +337,16 @@ class SchedulerSettings(_Section):
     batch_max_wait_s: float = Field(default=300.0, gt=0)
     background_max_wait_s: float = Field(default=3600.0, gt=0)
     aging_fraction: float = Field(default=0.5, gt=0, le=1)
-    # Preemption: evict lower-priority running jobs for a higher-lane waiting job.
+    # Preemption: running jobs make way at a step boundary for a waiting job of a more
+    # urgent rank (aged, then lanes in order), or of the same rank and at most
+    # 1/preempt_size_ratio of their remaining work. Up to preempt_pause_rows rows are
+    # paused in place on the device (nothing saved); the rest are evicted with their
+    # checkpoint, at most preempt_max_per_job times per job.
     preemption: bool = True
     preempt_min_steps: int = Field(default=2, ge=1, description="steps a job runs between two")
     preempt_max_per_job: int = Field(default=10, ge=0)
+    preempt_size_ratio: float = Field(default=4.0, ge=1)
+    preempt_pause_rows: int = Field(default=16, ge=0)
     # The cost model before any step was measured: seconds per step of one 512x512
     # row is step_fixed_s + step_row_s * rows * (pixels / 512^2) ** step_pixel_exponent.
     step_fixed_s: float = Field(default=0.015, ge=0)

@@ -89,16 +89,20 @@ class StepTimedEngine:
 
     It admits jobs as the real runner does (only the running shape, in submission order),
     reports the same events at step boundaries, and its checkpoint is the number of steps
-    done, so an evicted job resumes from the exact step. The class itself is an
-    ``EngineFactory``: ``DeviceWorker(..., StepTimedEngine, ...)``.
+    done, so an evicted job resumes from the exact step. A paused job stops stepping
+    until resumed, then goes ahead of every waiting job; it can be evicted or cancelled.
+    The class itself is an ``EngineFactory``: ``DeviceWorker(..., StepTimedEngine, ...)``.
     """
 
     sink: EventSink
     step_s: float = STEP_S
     running: list[StepTimedJob] = field(default_factory=list)
     waiting: list[StepTimedJob] = field(default_factory=list)
+    paused: list[StepTimedJob] = field(default_factory=list)
     _evict: set[str] = field(default_factory=set)
     _cancel: set[str] = field(default_factory=set)
+    _pause: set[str] = field(default_factory=set)
+    _resume: dict[str, None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -129,6 +133,17 @@ class StepTimedEngine:
         with self._lock:
             self._cancel.add(job_id)
 
+    def pause(self, job_id: str) -> None:
+        """Set the running job aside at the next step boundary (a job not running then
+        is left as it is)."""
+        with self._lock:
+            self._pause.add(job_id)
+
+    def resume(self, job_id: str) -> None:
+        """Put a paused job ahead of every waiting job at the next step boundary."""
+        with self._lock:
+            self._resume[job_id] = None
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             with self._lock:
@@ -138,12 +153,18 @@ class StepTimedEngine:
             time.sleep(self.step_s)
 
     def _boundary(self) -> list[EngineEvent]:
-        """One step boundary: drops first, then admissions, then one step of every running job."""
-        return [*self._drop_requested(), *self._admit(), *self._step()]
+        """One step boundary: drops first, then pauses and resumes, then admissions, then
+        one step of every running job."""
+        return [
+            *self._drop_requested(),
+            *self._pause_and_resume(),
+            *self._admit(),
+            *self._step(),
+        ]
 
     def _drop_requested(self) -> list[EngineEvent]:
         events = []
-        for pool in (self.running, self.waiting):
+        for pool in (self.running, self.waiting, self.paused):
             for job in list(pool):
                 job_id = job.request.job_id
                 if job_id in self._cancel:
@@ -155,6 +176,22 @@ class StepTimedEngine:
                     events.append(EngineEvent(job_id, Outcome.EVICTED, job.done, checkpoint=saved))
         self._evict.clear()
         self._cancel.clear()
+        return events
+
+    def _pause_and_resume(self) -> list[EngineEvent]:
+        events = []
+        for job in [job for job in self.running if job.request.job_id in self._pause]:
+            self.running.remove(job)
+            self.paused.append(job)
+            events.append(
+                EngineEvent(job.request.job_id, Outcome.PAUSED, job.done, job.request.steps)
+            )
+        resumed = [job for i in self._resume for job in self.paused if job.request.job_id == i]
+        for job in resumed:
+            self.paused.remove(job)
+        self.waiting[:0] = resumed
+        self._pause.clear()
+        self._resume.clear()
         return events
 
     def _admit(self) -> list[EngineEvent]:

@@ -62,12 +62,14 @@ class TableStepModel:
 
 @dataclass(frozen=True, slots=True)
 class DeviceSpec:
-    """The simulated device: its step times, rows per step and idle batch window."""
+    """The simulated device: its step times, rows per step, idle batch window, how
+    checkpoints cost, and how many rows of preempted jobs it keeps paused in place."""
 
     step_model: StepTimes
     capacity_rows: int = 16
     batch_window_s: float = 0.05
     resume: ResumeCosts | None = None
+    pause_rows: int = 0
 
     @property
     def resume_costs(self) -> ResumeCosts:

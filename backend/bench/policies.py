@@ -4,6 +4,9 @@ runs it.
 ``fifo``, ``fifo_batch`` and ``priority`` are FIFO queues (one job at a time, batched,
 strict lanes); ``srpt`` is preemptive shortest remaining work first without fairness;
 ``fair_nopreempt`` and ``ours`` are the production fair queue, ``ours`` preempting.
+Every policy honours the tiers' running caps (``max_running``) as production does: a
+queued job whose user has that many jobs on the device (running or paused) waits,
+and the next eligible job goes instead.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class SimJob:
     first_start_s: float | None = None
     finish_s: float | None = None
     preemptions: int = 0
+    pauses: int = 0
     steps_since_resume: int = 0
     started_seq: int = 0
     rank: int = 0
@@ -92,6 +96,26 @@ class Dispatcher(Protocol):
         """A running job's rank against a waiting one's (lower is more urgent)."""
 
 
+class Caps:
+    """Jobs each user has on the device (taken and not finished or given back), against
+    their tier's ``max_running``."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, int] = {}
+
+    def allows(self, job: SimJob) -> bool:
+        """Whether ``job`` may start: its user is under their running cap."""
+        return job.max_running <= 0 or self._held.get(job.trace.user, 0) < job.max_running
+
+    def took(self, job: SimJob) -> None:
+        """``job`` went to the device."""
+        self._held[job.trace.user] = self._held.get(job.trace.user, 0) + 1
+
+    def left(self, job: SimJob) -> None:
+        """``job`` left the device (finished or given back)."""
+        self._held[job.trace.user] -= 1
+
+
 class FifoDispatcher:
     """One queue in arrival order; optionally strict lane priority (FIFO per lane)."""
 
@@ -100,6 +124,7 @@ class FifoDispatcher:
         self.preempting = False
         self._by_lane = by_lane
         self._queues: dict[Lane, deque[SimJob]] = {lane: deque() for lane in LANE_ORDER}
+        self._caps = Caps()
 
     def _queue_of(self, job: SimJob) -> deque[SimJob]:
         return self._queues[job.lane if self._by_lane else Lane.REALTIME]
@@ -109,27 +134,31 @@ class FifoDispatcher:
         self._queue_of(job).append(job)
 
     def head(self, now_s: float) -> SimJob | None:
-        """The oldest job (of the first lane with one, by lane)."""
+        """The oldest job whose user is under their cap (of the first lane with one, by
+        lane)."""
         for lane in LANE_ORDER:
-            if self._queues[lane]:
-                job = self._queues[lane][0]
-                job.rank = rank(job.lane, False)
-                return job
+            for job in self._queues[lane]:
+                if self._caps.allows(job):
+                    job.rank = rank(job.lane, False)
+                    return job
         return None
 
     def take(self, now_s: float) -> SimJob:
         """Dequeue the head job."""
         job = self.head(now_s)
         assert job is not None
-        return self._queue_of(job).popleft()
+        self._queue_of(job).remove(job)
+        self._caps.took(job)
+        return job
 
     def give_back(self, job: SimJob, now_s: float) -> None:
         """Requeue at the front."""
+        self._caps.left(job)
         self._queue_of(job).appendleft(job)
 
     def done(self, job: SimJob) -> None:
-        """Nothing to track."""
-        return None
+        """The job's user has one job fewer on the device."""
+        self._caps.left(job)
 
     def waiting(self) -> int:
         """Jobs in every queue."""
@@ -212,30 +241,47 @@ class SrptDispatcher:
         self.preempting = True
         self._heap: list[tuple[int, int, SimJob]] = []
         self._seq = itertools.count()
+        self._caps = Caps()
 
     def arrive(self, job: SimJob, now_s: float) -> None:
         """Queue by remaining work."""
         heapq.heappush(self._heap, (self.urgency(job), next(self._seq), job))
 
     def head(self, now_s: float) -> SimJob | None:
-        """The job with the least work left."""
-        if not self._heap:
-            return None
-        job = self._heap[0][2]
-        job.rank = self.urgency(job)
-        return job
+        """The job with the least work left whose user is under their cap."""
+        skipped = []
+        found = None
+        while self._heap:
+            if self._caps.allows(self._heap[0][2]):
+                found = self._heap[0][2]
+                break
+            skipped.append(heapq.heappop(self._heap))
+        for entry in skipped:
+            heapq.heappush(self._heap, entry)
+        if found is not None:
+            found.rank = self.urgency(found)
+        return found
 
     def take(self, now_s: float) -> SimJob:
-        """Dequeue the job with the least work left."""
-        return heapq.heappop(self._heap)[2]
+        """Dequeue the head job."""
+        job = self.head(now_s)
+        assert job is not None
+        if self._heap[0][2] is job:
+            heapq.heappop(self._heap)
+        else:
+            self._heap = [entry for entry in self._heap if entry[2] is not job]
+            heapq.heapify(self._heap)
+        self._caps.took(job)
+        return job
 
     def give_back(self, job: SimJob, now_s: float) -> None:
         """Requeue by the work it has left."""
+        self._caps.left(job)
         self.arrive(job, now_s)
 
     def done(self, job: SimJob) -> None:
-        """Nothing to track."""
-        return None
+        """The job's user has one job fewer on the device."""
+        self._caps.left(job)
 
     def waiting(self) -> int:
         """Jobs queued."""

@@ -188,6 +188,7 @@ def policy_metrics(
         "images_per_s": round(sum(job.trace.n for job in jobs) / span, 3),
         "mean_batch": round(stats.jobs_in_steps / max(stats.steps, 1), 3),
         "preemptions_per_1000": round(1000 * stats.preemptions / len(jobs), 2),
+        "pauses_per_1000": round(1000 * stats.pauses / len(jobs), 2),
         "jain": round(fair.jain, 4),
         "jain_flows": fair.flows,
         "jain_all_flows": round(fair.jain_all, 4),
@@ -294,6 +295,7 @@ def run_scheduler_bench(
         settings.engine.max_batch_rows,
         settings.engine.batch_window_ms / 1000,
         resume,
+        scheduler.preempt_pause_rows,
     )
     cost = CostModel(step_model)
     result: dict[str, Any] = {"jobs": len(trace), "policies": {}}

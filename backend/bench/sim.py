@@ -14,9 +14,12 @@ same jobs in the same lanes (our classifier assigns them), on the same simulated
 The device runs one batch at a time, of one latent shape, one denoising step per
 iteration; jobs join and leave at step boundaries (continuous batching) and a step
 of ``rows`` rows takes ``StepModel.step_s(rows, width, height)`` seconds, plus the
-checkpoint save and load times of the jobs evicted and resumed at its boundary. The
-policies' queues are in :mod:`backend.bench.policies`; arrivals pass the production
-admission control first (:mod:`backend.bench.admit`).
+checkpoint save and load times of the jobs evicted and resumed at its boundary. A
+preempting policy pauses the jobs that make way in place while the device has room
+(``DeviceSpec.pause_rows``; a paused job keeps its latents and costs no checkpoint)
+and evicts the rest; a paused job resumes on the device when it is the most urgent
+contender again. The policies' queues are in :mod:`backend.bench.policies`; arrivals
+pass the production admission control first (:mod:`backend.bench.admit`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from backend.bench.policies import (
     FairDispatcher,
     SimJob,
     make_dispatcher,
+    remaining_s,
 )
 from backend.bench.trace import TraceJob
 from backend.errors import BadInputError
@@ -47,6 +51,7 @@ from backend.scheduling.preemption import (
     rank,
     steps_until_start,
     victims,
+    yields,
 )
 from config.settings import SchedulerSettings
 
@@ -66,6 +71,7 @@ class RunStats:
     steps: int = 0
     jobs_in_steps: int = 0
     preemptions: int = 0
+    pauses: int = 0
     busy_buckets: dict[int, float] = field(default_factory=dict)
     # Per (lane, user): (time, device-seconds) of each step their jobs were served in.
     service: dict[tuple[Lane, str], list[tuple[float, float]]] = field(default_factory=dict)
@@ -98,6 +104,7 @@ class Simulator:
         self._arrivals = sorted(jobs, key=lambda job: (job.trace.t_s, job.trace.index))
         self._next = 0
         self._running: list[SimJob] = []
+        self._paused: list[SimJob] = []
         self._seq = itertools.count(1)
         self._estimate = estimate
         self._on_step = on_step
@@ -115,7 +122,7 @@ class Simulator:
         now = 0.0
         while True:
             self._arrive_until(now)
-            if not self._running and not self.dispatcher.waiting():
+            if not self._running and not self._paused and not self.dispatcher.waiting():
                 if self._next >= len(self._arrivals):
                     break  # the last arrivals may all have been refused
                 now = self._arrivals[self._next].trace.t_s
@@ -199,34 +206,62 @@ class Simulator:
         stats.busy_buckets[bucket] = stats.busy_buckets.get(bucket, 0.0) + step_s
 
     def _preempt(self, now: float) -> None:
-        head = self.dispatcher.head(now)
-        if head is None or not self._running:
+        if not self._running:
             return
-        running = [_running(job, self.dispatcher.urgency(job)) for job in self._running]
-        wanted = Candidate(head.id, head.rank, head.rows, head.shape)
-        chosen = set(victims(wanted, running, self.device.capacity_rows, self.rules))
-        for job in [job for job in self._running if job.id in chosen]:
-            self._running.remove(job)
-            job.preemptions += 1
-            job.resumed = True
-            self._saving_s += self.device.resume_costs.save_s(job.trace.n, *job.shape)
+        contender = self._contender(now)
+        if contender is None:
+            return
+        job = contender[0]
+        running = [_running(one, self.dispatcher.urgency(one)) for one in self._running]
+        room = self.device.pause_rows - sum(one.rows for one in self._paused)
+        plan = victims(_candidate(job), running, self.device.capacity_rows, self.rules, room)
+        for victim in [one for one in self._running if one.id in plan.pause]:
+            self._running.remove(victim)
+            victim.pauses += 1
+            self.stats.pauses += 1
+            self._paused.append(victim)
+        for victim in [one for one in self._running if one.id in plan.evict]:
+            self._running.remove(victim)
+            victim.preemptions += 1
+            victim.resumed = True
+            self._saving_s += self.device.resume_costs.save_s(victim.trace.n, *victim.shape)
             self.stats.preemptions += 1
-            self.dispatcher.give_back(job, now)
+            self.dispatcher.give_back(victim, now)
             if self._admission is not None:
-                self._admission.queued(job.trace.user)
+                self._admission.queued(victim.trace.user)
+
+    def _contender(self, now: float) -> tuple[SimJob, bool] | None:
+        """The job that should have the device next, and whether it is a paused one: the
+        most urgent paused job, unless the queue's head would preempt it."""
+        head = self.dispatcher.head(now)
+        if not self._paused:
+            return None if head is None else (head, False)
+        paused = min(
+            self._paused,
+            key=lambda one: (self.dispatcher.urgency(one), remaining_s(one), one.started_seq),
+        )
+        paused.rank = self.dispatcher.urgency(paused)
+        if head is not None and yields(_running(paused, paused.rank), _candidate(head), self.rules):
+            return head, False
+        return paused, True
 
     def _admit(self, now: float) -> float:
         resumed_s = 0.0
         capacity = self.device.capacity_rows
-        while (head := self.dispatcher.head(now)) is not None:
+        while (contender := self._contender(now)) is not None:
+            head, paused = contender
             if self._running:
                 if not self.dispatcher.batching or head.shape != self._running[0].shape:
                     break
                 if sum(job.rows for job in self._running) + head.rows > capacity:
                     break
-            job = self.dispatcher.take(now)
-            if self._admission is not None:
-                self._admission.dequeued(job.trace.user)
+            if paused:
+                self._paused.remove(head)
+                job = head
+            else:
+                job = self.dispatcher.take(now)
+                if self._admission is not None:
+                    self._admission.dequeued(job.trace.user)
             if job.first_start_s is None:
                 job.first_start_s = now
                 if self._on_start is not None:
@@ -286,7 +321,7 @@ def fair_estimator(
         if running:
             width, height = running[0].shape
             step_s = device.step_model.step_s(sum(r.rows for r in running), width, height)
-            wanted = Candidate(job.id, rank(job.lane, False), job.rows, job.shape)
+            wanted = replace(_candidate(job), rank=rank(job.lane, False))
             rules = (
                 simulator.rules
                 if dispatcher.preempting
@@ -297,6 +332,7 @@ def fair_estimator(
                 [_running(r, dispatcher.urgency(r), mid_step=True) for r in running],
                 device.capacity_rows,
                 rules,
+                device.pause_rows,
             )
             # The current step is part way through: count it as half done.
             delay_s = step_s * (steps - 0.5)
@@ -319,7 +355,13 @@ def _running(job: SimJob, urgency: int, *, mid_step: bool = False) -> Running:
         job.preemptions,
         job.started_seq,
         job.trace.steps - job.steps_done + under_way,
+        remaining_s(job) + under_way * job.cost_s / job.trace.steps,
     )
+
+
+def _candidate(job: SimJob) -> Candidate:
+    """The job as the preemption rules see a waiting one (its rank set by ``head``)."""
+    return Candidate(job.id, job.rank, job.rows, job.shape, remaining_s(job))
 
 
 def run_policy(

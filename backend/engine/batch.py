@@ -1,10 +1,12 @@
 """Step-level continuous batching on one device.
 
 :class:`BatchCore` is the synchronous heart, driven one step boundary at a time:
-it applies evictions and cancellations, admits waiting jobs whose latents have
-the running batch's shape, runs one shared UNet forward, and retires finished
-jobs. :class:`DeviceRunner` drives a core on its own thread, so the event loop
-never blocks, and reports :class:`EngineEvent` values through a callback.
+it applies evictions, cancellations and pauses, admits waiting jobs whose latents
+have the running batch's shape, runs one shared UNet forward, and retires
+finished jobs. A paused job is set aside with its state kept on the device
+(nothing saved) until it is resumed, evicted or cancelled. :class:`DeviceRunner`
+drives a core on its own thread, so the event loop never blocks, and reports
+:class:`EngineEvent` values through a callback.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class BatchKey(NamedTuple):
 class _Waiting:
     request: Request
     checkpoint: bytes | None = None
-    active: ActiveJob | None = None  # prepared earlier (split off after out-of-memory)
+    active: ActiveJob | None = None  # prepared earlier (split off after out-of-memory, paused)
     quarantined: str | None = None  # why its checkpoint was dropped, once it was
 
 
@@ -138,8 +140,11 @@ class BatchCore:
         self._memory_rows = memory_rows
         self.waiting: list[_Waiting] = []
         self.running: list[ActiveJob] = []
+        self.paused: dict[str, _Waiting] = {}  # set aside, state kept, in pause order
         self._evict: set[str] = set()
         self._cancel: set[str] = set()
+        self._pause: set[str] = set()
+        self._resume: dict[str, None] = {}  # in request order
         self.step_s: float | None = None  # moving average of the last step times
         self.last_step_s: float | None = None  # the last shared step alone (no admit/decode)
         self.steps_run = 0
@@ -158,16 +163,33 @@ class BatchCore:
         """Drop the job at the next boundary."""
         self._cancel.add(job_id)
 
+    def pause(self, job_id: str) -> None:
+        """Set the running job aside at the next boundary, its state kept on the device;
+        a job not running then is left as it is."""
+        self._pause.add(job_id)
+
+    def resume(self, job_id: str) -> None:
+        """Put a paused job at the front of the waiting list at the next boundary."""
+        self._resume[job_id] = None
+
     @property
     def idle(self) -> bool:
-        """Nothing running, waiting or pending removal."""
-        return not self.running and not self.waiting and not self._evict and not self._cancel
+        """Nothing running, waiting or pending; paused jobs may remain (see :attr:`held`)."""
+        pending = self._evict or self._cancel or self._pause or self._resume
+        return not self.running and not self.waiting and not pending
+
+    @property
+    def held(self) -> bool:
+        """Whether paused jobs keep state on the device."""
+        return bool(self.paused)
 
     @property
     def models_in_use(self) -> frozenset[str]:
-        """Models of running and prepared jobs (not to be unloaded)."""
+        """Models of running, prepared and paused jobs (not to be unloaded)."""
         active = [job.runtime.name for job in self.running]
-        active += [w.active.runtime.name for w in self.waiting if w.active is not None]
+        for entry in [*self.waiting, *self.paused.values()]:
+            if entry.active is not None:
+                active.append(entry.active.runtime.name)
         return frozenset(active)
 
     @property
@@ -183,7 +205,8 @@ class BatchCore:
     # -- one step boundary ----------------------------------------------------------------
 
     def step(self) -> list[EngineEvent]:
-        """Apply pending evictions, admit, run one shared step, retire finished jobs."""
+        """Apply pending removals, pauses and resumes, admit, run one shared step,
+        retire finished jobs."""
         events = self._apply_removals()
         events += self._admit()
         if not self.running:
@@ -205,8 +228,9 @@ class BatchCore:
         return events + self._progress_and_retire()
 
     def _apply_removals(self) -> list[EngineEvent]:
+        """Cancellations, then evictions, then pauses; resumes last."""
         events: list[EngineEvent] = []
-        if not (self._evict or self._cancel):
+        if not (self._evict or self._cancel or self._pause or self._resume):
             return events
         kept_running = []
         for job in self.running:
@@ -214,6 +238,9 @@ class BatchCore:
                 events.append(EngineEvent(job.job_id, Outcome.CANCELLED, *job.progress))
             elif job.job_id in self._evict:
                 events.append(self._evicted(job))
+            elif job.job_id in self._pause:
+                self.paused[job.job_id] = _Waiting(job.request, None, job)
+                events.append(EngineEvent(job.job_id, Outcome.PAUSED, *job.progress))
             else:
                 kept_running.append(job)
         kept_waiting = []
@@ -230,9 +257,30 @@ class BatchCore:
             else:
                 kept_waiting.append(entry)
         self.running, self.waiting = kept_running, kept_waiting
+        events += self._remove_paused()
+        self._resume_paused()
         self._evict.clear()
         self._cancel.clear()
+        self._pause.clear()
+        self._resume.clear()
         return events
+
+    def _remove_paused(self) -> list[EngineEvent]:
+        """Paused jobs cancelled (with their progress) or evicted (with a checkpoint)."""
+        events: list[EngineEvent] = []
+        for job_id in [j for j in self.paused if j in self._cancel or j in self._evict]:
+            active = self.paused.pop(job_id).active
+            assert active is not None
+            if job_id in self._cancel:
+                events.append(EngineEvent(job_id, Outcome.CANCELLED, *active.progress))
+            else:
+                events.append(self._evicted(active))
+        return events
+
+    def _resume_paused(self) -> None:
+        """Resumed jobs go to the front of the waiting list, in the order resumed."""
+        resumed = [self.paused.pop(job_id) for job_id in self._resume if job_id in self.paused]
+        self.waiting[:0] = resumed
 
     @staticmethod
     def _evicted(job: ActiveJob) -> EngineEvent:
@@ -420,6 +468,14 @@ class DeviceRunner:
         """Drop the job at the next boundary."""
         self._commands.put(("cancel", job_id))
 
+    def pause(self, job_id: str) -> None:
+        """Set the running job aside at the next boundary, its state kept on the device."""
+        self._commands.put(("pause", job_id))
+
+    def resume(self, job_id: str) -> None:
+        """Let a paused job be admitted again at the next boundary, ahead of new jobs."""
+        self._commands.put(("resume", job_id))
+
     def _drain(self, block_s: float | None) -> bool:
         """Apply queued commands; wait up to ``block_s`` for the first. True if any came."""
         got = False
@@ -441,6 +497,10 @@ class DeviceRunner:
             self.core.evict(value)
         elif kind == "cancel":
             self.core.cancel(value)
+        elif kind == "pause":
+            self.core.pause(value)
+        elif kind == "resume":
+            self.core.resume(value)
 
     def _loop(self) -> None:
         with torch.inference_mode():

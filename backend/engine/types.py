@@ -51,6 +51,7 @@ class Outcome(StrEnum):
     FAILED = "failed"
     EVICTED = "evicted"
     CANCELLED = "cancelled"
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,16 @@ class DeviceEngine(Protocol):
 
     def cancel(self, job_id: str) -> None:
         """Drop the job at the next step boundary."""
+        ...
+
+    def pause(self, job_id: str) -> None:
+        """Set the running job aside at the next step boundary, its state kept on the
+        device, until resume."""
+        ...
+
+    def resume(self, job_id: str) -> None:
+        """Let a paused job be admitted again at the next boundary, ahead of jobs that
+        never ran."""
         ...
 
 

@@ -14,20 +14,25 @@ a repeated claim leaves a lease nobody holds, which expires and is reclaimed.
 Keys, all under ``{namespace}:q:``:
 
 * ``job:{id}``: hash of one known job: its JSON payload, the fields fair queuing reads
-  (lane, user, tier, cap, cost in microseconds, start tag, enqueue time, sequence) and
+  (lane, user, tier, cap, cost in microseconds, start and finish tags, enqueue time,
+  sequence) and
   its lease (token, worker, expiry, attempt), the cancelled flag and the checkpoint as
   raw bytes. The token of the latest claim stays after its lease is reclaimed: that
   holder may still ack or requeue until the next claim replaces it. Expires
   :data:`JOB_TTL_S` after it was last touched, so a job nothing refers to any more
   (its sorted-set entry lost in a crash) cannot linger forever.
-* ``tag:{lane}``: sorted set of the lane's queued jobs, score the start tag, member the
+* ``tag:{lane}``: sorted set of the lane's queued jobs, score the finish tag, member the
   sequence number as 16 zero-padded digits then ``:`` and the id. Members of equal
-  score sort by their bytes, so the order is (start tag, sequence) as in ``FairQueue``.
+  score sort by their bytes, so the order is (finish tag, sequence) as in ``FairQueue``.
 * ``age:{lane}``: the same members scored by enqueue time: the aging order.
 * ``leased``: sorted set of leased job ids by lease expiry, for the lazy reclaim.
 * ``running:{user}``: the user's leased jobs, for ``max_running``. Expires
   :data:`JOB_TTL_S` after its last claim or renew, which heals a count left behind by a
   job whose hash expired while leased.
+* ``fresh:{lane}:{user}``: sorted set of the user's queued jobs of the lane that never
+  ran, scored by cost in microseconds (members as in ``tag:{lane}``, so equal costs go
+  in sequence order): the order ``FairQueue`` lays the user's tags out in. Expires
+  with the job hashes.
 * ``finish:{lane}``: sorted set of user finish tags. A tag at or below the lane's
   virtual time changes nothing (``max(V, F) = V``), so claims prune those: the set holds
   only users who are ahead of the lane, without a TTL.
@@ -125,11 +130,13 @@ local function release(user)
   if redis.call('DECR', key) <= 0 then redis.call('DEL', key) end
 end
 
--- FairQueue.restore: back to its lane with its start tag and a fresh negative sequence
+-- FairQueue.restore: back to its lane with its finish tag and a fresh negative sequence
 -- number, so it goes before jobs of the same tag that never ran. Its aging clock
--- restarts at ``waited_since`` (a preempted job) or keeps its enqueue time (nil).
+-- restarts at ``waited_since`` (a preempted job) or keeps its enqueue time (nil). A job
+-- queued before finish tags were kept ('ftag' missing) goes by its start tag.
 local function restore(id, key, waited_since)
-  local f = redis.call('HMGET', key, 'lane', 'user', 'tag', 'enq', 'cost_us')
+  local f = redis.call('HMGET', key, 'lane', 'user', 'ftag', 'enq', 'cost_us', 'tag')
+  f[3] = f[3] or f[6]
   release(f[2])
   local seq = -redis.call('INCR', prefix .. 'seq')
   local member = member_of(seq, id)
@@ -153,11 +160,14 @@ local function drop(id, key)
   redis.call('ZREM', prefix .. 'leased', id)
 end
 
+local function fresh_key(lane, user) return prefix .. 'fresh:' .. lane .. ':' .. user end
+
 -- Forget a queued job: out of its lane's sets and its cost.
 local function unqueue(key)
-  local f = redis.call('HMGET', key, 'lane', 'member', 'cost_us')
+  local f = redis.call('HMGET', key, 'lane', 'member', 'cost_us', 'user')
   redis.call('ZREM', prefix .. 'tag:' .. f[1], f[2])
   redis.call('ZREM', prefix .. 'age:' .. f[1], f[2])
+  if f[4] then redis.call('ZREM', fresh_key(f[1], f[4]), f[2]) end
   redis.call('DEL', key)
   add_cost(f[1], -tonumber(f[3]))
 end
@@ -174,26 +184,52 @@ end
 """
 
 # ARGV: id, payload, lane, user, tier, cost_s, weight, max_running, cost_us, min_cost_s.
-# The start-tag arithmetic is FairQueue.push's, in the same double precision.
+# The tag arithmetic is FairQueue.push's, in the same double precision: the user's
+# queued jobs that never ran are laid out again from the first one's start tag,
+# cheapest first.
 _ENQUEUE = """
 local id, lane, user = ARGV[4], ARGV[6], ARGV[7]
 local key = job_key(id)
 if redis.call('EXISTS', key) == 1 then return 0 end
-local cost, weight, min_cost = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[13])
-local vtime = tonumber(redis.call('HGET', prefix .. 'vtime', lane)) or 0
+local min_cost = tonumber(ARGV[13])
 local finish_key = prefix .. 'finish:' .. lane
-local tag = math.max(vtime, tonumber(redis.call('ZSCORE', finish_key, user)) or 0)
-local finish = tag + math.max(cost, min_cost) / math.max(weight, 1e-9)
-redis.call('ZADD', finish_key, string.format('%.17g', finish), user)
+local fresh = fresh_key(lane, user)
+local start
+for _, m in ipairs(redis.call('ZRANGE', fresh, 0, -1)) do
+  local tag = redis.call('HGET', job_key(id_of(m)), 'tag')
+  if tag then
+    start = tonumber(tag)
+    break
+  end
+  redis.call('ZREM', fresh, m)  -- its hash expired: an orphan
+end
+if not start then
+  local vtime = tonumber(redis.call('HGET', prefix .. 'vtime', lane)) or 0
+  start = math.max(vtime, tonumber(redis.call('ZSCORE', finish_key, user)) or 0)
+end
 local seq = redis.call('INCR', prefix .. 'seq')
 local member = member_of(seq, id)
-local tag_text = string.format('%.17g', tag)
 redis.call('HSET', key, 'payload', ARGV[5], 'lane', lane, 'user', user, 'tier', ARGV[8],
-  'max_running', ARGV[11], 'cost_us', ARGV[12], 'tag', tag_text, 'enq', now,
-  'seq', seq, 'order', seq, 'member', member, 'state', 'queued', 'attempt', 0)
+  'max_running', ARGV[11], 'cost_us', ARGV[12], 'cost', ARGV[9], 'weight', ARGV[10],
+  'enq', now, 'seq', seq, 'order', seq, 'member', member, 'state', 'queued', 'attempt', 0)
 redis.call('EXPIRE', key, ttl_s)
-redis.call('ZADD', prefix .. 'tag:' .. lane, tag_text, member)
 redis.call('ZADD', prefix .. 'age:' .. lane, now, member)
+redis.call('ZADD', fresh, ARGV[12], member)
+redis.call('EXPIRE', fresh, ttl_s)
+for _, m in ipairs(redis.call('ZRANGE', fresh, 0, -1)) do
+  local k = job_key(id_of(m))
+  local f = redis.call('HMGET', k, 'cost', 'weight')
+  if f[1] then
+    local finish = start + math.max(tonumber(f[1]), min_cost) / math.max(tonumber(f[2]), 1e-9)
+    local finish_text = string.format('%.17g', finish)
+    redis.call('HSET', k, 'tag', string.format('%.17g', start), 'ftag', finish_text)
+    redis.call('ZADD', prefix .. 'tag:' .. lane, finish_text, m)
+    start = finish
+  else
+    redis.call('ZREM', fresh, m)
+  end
+end
+redis.call('ZADD', finish_key, string.format('%.17g', start), user)
 add_cost(lane, tonumber(ARGV[12]))
 return 1
 """
@@ -312,6 +348,7 @@ if mode == 'peek' then
 end
 redis.call('ZREM', prefix .. 'tag:' .. chosen_lane, chosen)
 redis.call('ZREM', prefix .. 'age:' .. chosen_lane, chosen)
+redis.call('ZREM', fresh_key(chosen_lane, f[2]), chosen)
 add_cost(chosen_lane, -tonumber(f[5]))
 local vtime_key = prefix .. 'vtime'
 if tonumber(f[3]) > (tonumber(redis.call('HGET', vtime_key, chosen_lane)) or 0) then
@@ -396,7 +433,7 @@ end
 return 1
 """
 
-# ARGV: id. The 0-based rank in its lane's (start tag, sequence) order, or nil.
+# ARGV: id. The 0-based rank in its lane's (finish tag, sequence) order, or nil.
 _POSITION = """
 local f = redis.call('HMGET', job_key(ARGV[4]), 'state', 'lane', 'member')
 if f[1] ~= 'queued' then return false end

@@ -6,12 +6,20 @@ same arithmetic) and by the scheduler benchmark, which drives this very class:
 * Each lane keeps a virtual time ``V`` and, per user, the finish tag ``F`` of their
   last job. A new job of estimated cost ``c`` device-seconds from a user of weight
   ``w`` (their tier's weight) gets the start tag ``S = max(V, F_user)`` and moves
-  ``F_user`` to ``S + c / w``. Serving the smallest start tag first is start-time
-  fair queuing: users who stay backlogged get device time in proportion to their
-  weights, and one user's flood only queues behind their own earlier jobs.
+  ``F_user`` to the job's finish tag ``F = S + c / w``. Serving the smallest finish
+  tag first is weighted fair queuing by virtual finish time: users who stay
+  backlogged get device time in proportion to their weights, one user's flood only
+  queues behind their own earlier jobs, and among users equally served so far the
+  cheaper job goes first (the order is size-aware: a 4-step job does not wait for a
+  50-step one that arrived a moment earlier).
+* Within one user's queued jobs of a lane that never ran, the cheapest goes first: a
+  new job takes its place in the user's sequence by cost, and the tags of the user's
+  queued jobs are laid out again from the first one's start tag, in that order. The
+  user's total (and so everyone else's share) is unchanged; only their own order is,
+  so a quick job does not wait for its owner's long one queued a moment earlier.
 * Serving a job moves ``V`` to its start tag. A job given back (preempted, or its
-  lease expired) keeps its start tag and its enqueue time, and wins ties on the tag,
-  so it goes back to the front of its lane: the resume boost.
+  lease expired) keeps its tags and its enqueue time, and wins ties on the tag, so it
+  goes back to the front of its lane: the resume boost.
 * Aging: a job that has waited ``aging_fraction`` of its lane's ``max_wait_s`` is
   served before every job that has not, earliest deadline first, whatever its lane
   or tier. Otherwise lanes go in order (realtime, batch, background).
@@ -95,6 +103,7 @@ class Ticket:
     weight: float
     max_running: int  # 0: no cap
     start_tag: float = 0.0
+    finish_tag: float = 0.0
     enqueued_at_ms: int = 0
     seq: int = 0
 
@@ -114,6 +123,8 @@ class _Lane:
     by_tag: list[tuple[float, int, str]] = field(default_factory=list)
     by_age: list[tuple[float, int, str]] = field(default_factory=list)
     count: int = 0
+    # Per user: their queued jobs that never ran, in their tag order (cheapest first).
+    fresh: dict[str, list[Ticket]] = field(default_factory=dict)
 
 
 class FairQueue:
@@ -129,15 +140,25 @@ class FairQueue:
     # -- queueing ------------------------------------------------------------------------
 
     def push(self, ticket: Ticket, now_ms: int) -> Ticket:
-        """Queue a new job: stamp its start tag and enqueue time."""
+        """Queue a new job: stamp its tags (laying out its user's queued jobs again,
+        cheapest first) and its enqueue time."""
         lane = self._lanes[ticket.lane]
-        ticket.start_tag = max(lane.vtime, lane.finish.get(ticket.user, 0.0))
-        lane.finish[ticket.user] = ticket.start_tag + max(ticket.cost_s, MIN_COST_S) / max(
-            ticket.weight, 1e-9
-        )
+        fresh = lane.fresh.setdefault(ticket.user, [])
+        start = fresh[0].start_tag if fresh else max(lane.vtime, lane.finish.get(ticket.user, 0.0))
         ticket.enqueued_at_ms = now_ms
         ticket.seq = next(self._seq)
-        self._insert(ticket)
+        self._tickets[ticket.job_id] = ticket
+        lane.count += 1
+        heapq.heappush(lane.by_age, (ticket.enqueued_at_ms, ticket.seq, ticket.job_id))
+        fresh.append(ticket)
+        fresh.sort(key=lambda one: (one.cost_s, one.seq))
+        for one in fresh:
+            finish = start + max(one.cost_s, MIN_COST_S) / max(one.weight, 1e-9)
+            if one is ticket or (one.start_tag, one.finish_tag) != (start, finish):
+                one.start_tag, one.finish_tag = start, finish
+                heapq.heappush(lane.by_tag, (finish, one.seq, one.job_id))
+            start = finish
+        lane.finish[ticket.user] = start
         return ticket
 
     def restore(self, ticket: Ticket, waited_since_ms: int | None = None) -> None:
@@ -163,13 +184,19 @@ class FairQueue:
         """Drop a queued job (cancelled); its heap entries go stale and are skipped."""
         ticket = self._tickets.pop(job_id, None)
         if ticket is not None:
-            self._lanes[ticket.lane].count -= 1
+            lane = self._lanes[ticket.lane]
+            lane.count -= 1
+            fresh = lane.fresh.get(ticket.user)
+            if fresh is not None and ticket in fresh:
+                fresh.remove(ticket)
+                if not fresh:
+                    del lane.fresh[ticket.user]
         return ticket
 
     def _insert(self, ticket: Ticket) -> None:
         lane = self._lanes[ticket.lane]
         self._tickets[ticket.job_id] = ticket
-        heapq.heappush(lane.by_tag, (ticket.start_tag, ticket.seq, ticket.job_id))
+        heapq.heappush(lane.by_tag, (ticket.finish_tag, ticket.seq, ticket.job_id))
         heapq.heappush(lane.by_age, (ticket.enqueued_at_ms, ticket.seq, ticket.job_id))
         lane.count += 1
 
@@ -230,16 +257,22 @@ class FairQueue:
     def _ordered(self, lane: Lane, order: str) -> Iterator[Ticket]:
         """Live tickets of a lane in tag (or age) order; prunes stale heap heads."""
         state = self._lanes[lane]
-        heap = state.by_tag if order == "tag" else state.by_age
-        while heap and not self._live(heap[0][2], heap[0][1]):
+        by_tag = order == "tag"
+        heap = state.by_tag if by_tag else state.by_age
+        while heap and not self._live(heap[0], by_tag):
             heapq.heappop(heap)
-        for _, seq, job_id in _walk(heap):
-            if self._live(job_id, seq):
-                yield self._tickets[job_id]
+        for entry in _walk(heap):
+            if self._live(entry, by_tag):
+                yield self._tickets[entry[2]]
 
-    def _live(self, job_id: str, seq: int) -> bool:
+    def _live(self, entry: tuple[float, int, str], by_tag: bool) -> bool:
+        """Whether a heap entry is its ticket's current one (a ticket taken, given
+        back or tagged again leaves stale entries behind)."""
+        key, seq, job_id = entry
         ticket = self._tickets.get(job_id)
-        return ticket is not None and ticket.seq == seq
+        if ticket is None or ticket.seq != seq:
+            return False
+        return not by_tag or ticket.finish_tag == key
 
     # -- looking ---------------------------------------------------------------------------
 
@@ -253,8 +286,8 @@ class FairQueue:
         ticket = self._tickets.get(job_id)
         if ticket is None:
             return None
-        key = (ticket.start_tag, ticket.seq)
-        return sum(1 for t in self.queued(ticket.lane) if (t.start_tag, t.seq) < key)
+        key = (ticket.finish_tag, ticket.seq)
+        return sum(1 for t in self.queued(ticket.lane) if (t.finish_tag, t.seq) < key)
 
     def queued(self, lane: Lane | None = None) -> Iterable[Ticket]:
         """Queued tickets of ``lane`` (or of every lane), in no particular order."""

@@ -1,6 +1,7 @@
 """A job a worker holds, from its claim until it leaves (finished, failed, requeued or
 lost): its lease, how that lease is timed, and where the job stands on the device; and
-which held jobs give the device up to a more urgent one (pure, by the preemption rules)."""
+which held jobs give the device up to a more urgent one, paused in place or evicted
+(pure, by the preemption rules)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from backend.models import Job, JobSpec
 from backend.queue.base import Head, Lease
 from backend.scheduling.lanes import rows_for
-from backend.scheduling.preemption import Candidate, Rules, Running, rank, victims
+from backend.scheduling.preemption import Candidate, Plan, Rules, Running, rank, victims, yields
 from backend.worker.leases import LeaseTimer
 from backend.worker.ledger.base import Attempt
 
@@ -28,6 +29,8 @@ class Flight:
     stopping: bool = False  # evicted or cancelled by us; its final event is pending
     lapsed: bool = False  # given up because its lease ran out
     running: bool = False  # in the engine's running batch (not waiting for its shape)
+    paused: bool = False  # set aside on the device by a pause, its state kept there
+    pausing: bool = False  # asked to pause; its PAUSED event is pending
     steps_since_resume: int = 0
     started_seq: int = 0
     done_steps: int = 0
@@ -36,6 +39,24 @@ class Flight:
     def rank(self) -> int:
         """The job's urgency (lower runs first), by its lane."""
         return rank(self.lease.job.lane, aged=False)
+
+    @property
+    def remaining_s(self) -> float:
+        """Estimated device-seconds of work the job has left, running alone."""
+        job = self.lease.job
+        steps = job.spec.steps or 0
+        if steps <= 0:
+            return job.cost_s
+        return job.cost_s * max(0, steps - self.done_steps) / steps
+
+    @property
+    def waiting(self) -> bool:
+        """Held and wanting the device: claimed and waiting for its shape, or paused."""
+        return not self.running and not self.stopping and not self.pausing
+
+    def as_candidate(self) -> Candidate:
+        """The job as the preemption rules see a waiting one."""
+        return Candidate(self.lease.job.id, self.rank, self.rows, self.shape, self.remaining_s)
 
     @property
     def attempt(self) -> Attempt:
@@ -55,6 +76,7 @@ class Flight:
             preemptions,
             self.started_seq,
             max(0, (self.lease.job.spec.steps or 0) - self.done_steps),
+            self.remaining_s,
         )
 
 
@@ -74,39 +96,61 @@ def victims_for(
     resolve: Callable[[JobSpec], JobSpec],
     capacity_rows: int,
     rules: Rules,
-) -> tuple[str | None, list[str]]:
-    """The most urgent job that wants the device (a held one waiting for its shape, or
-    the queue's ``head``) and the held jobs to evict for it, by ``rules``."""
-    waiting = most_urgent(flights, head, resolve)
+    pause_rows: int = 0,
+) -> tuple[Candidate | None, Plan]:
+    """The most urgent job that wants the device (a held one waiting for its shape or
+    paused, or the queue's ``head``) and the running jobs that make way for it by
+    ``rules``: paused while the paused ones take at most ``pause_rows`` rows, else
+    evicted."""
+    waiting = most_urgent(flights, head, resolve, rules)
     if waiting is None:
-        return None, []
+        return None, Plan()
     running = [f.as_running() for f in flights.values() if f.running and not f.stopping]
-    chosen = victims(waiting, running, capacity_rows, rules)
-    if head is not None and waiting.job_id == head.job.id and chosen:
+    room = pause_rows - sum(f.rows for f in flights.values() if f.paused or f.pausing)
+    plan = victims(waiting, running, capacity_rows, rules, room)
+    if head is not None and waiting.job_id == head.job.id and plan:
         # Claimed jobs that wait for their shape would take the freed device before the
         # queued job is claimed: less urgent ones go back too.
-        chosen += [
+        plan.evict.extend(
             job_id
             for job_id, f in flights.items()
-            if not f.running and not f.stopping and f.rank > waiting.rank
-        ]
-    return waiting.job_id, chosen
+            if f.waiting and not f.paused and yields(f.as_running(), waiting, rules)
+        )
+    return waiting, plan
 
 
 def most_urgent(
-    flights: Mapping[str, Flight], head: Head | None, resolve: Callable[[JobSpec], JobSpec]
+    flights: Mapping[str, Flight],
+    head: Head | None,
+    resolve: Callable[[JobSpec], JobSpec],
+    rules: Rules,
 ) -> Candidate | None:
-    """The most urgent job that wants the device: a held one waiting for its shape, or
-    the queue's head (a tie goes to the one already held)."""
+    """The most urgent job that wants the device: a held one waiting for its shape or
+    paused, or the queue's head, which goes first only if the held ones would make
+    way for it (a tie goes to the one already held)."""
     best: Candidate | None = None
-    for job_id, flight in flights.items():
-        if flight.running or flight.stopping:
+    for flight in flights.values():
+        if not flight.waiting:
             continue
-        if best is None or flight.rank < best.rank:
-            best = Candidate(job_id, flight.rank, flight.rows, flight.shape)
+        candidate = flight.as_candidate()
+        if best is None or (candidate.rank, candidate.cost_s) < (best.rank, best.cost_s):
+            best = candidate
     if head is not None and head.job.id not in flights:
         job = head.job
-        urgency = rank(job.lane, head.aged)
-        if best is None or urgency < best.rank:
-            best = Candidate(job.id, urgency, rows_of(job), shape_of(resolve(job.spec)))
+        queued = Candidate(
+            job.id,
+            rank(job.lane, head.aged),
+            rows_of(job),
+            shape_of(resolve(job.spec)),
+            job.cost_s,
+        )
+        if best is None or _outranks(queued, best, rules):
+            best = queued
     return best
+
+
+def _outranks(queued: Candidate, held: Candidate, rules: Rules) -> bool:
+    """Whether the queue's head goes before a held job, by the rule that would make a
+    running job make way for it."""
+    as_running = Running(held.job_id, held.rank, held.rows, held.shape, 0, 0, 0, 0, held.cost_s)
+    return yields(as_running, queued, rules)

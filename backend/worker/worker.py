@@ -105,6 +105,8 @@ class WorkerConfig:
     on_start: Callable[[Job, float], None] | None = None
     # How long close() waits for evicted jobs' next step boundary.
     evict_wait_s: float = 10.0
+    # Rows of preempted jobs kept paused in place on the device (0: always evict).
+    pause_rows: int = 0
 
 
 class DeviceWorker:
@@ -153,7 +155,8 @@ class DeviceWorker:
         # Seconds spent deciding at each step boundary (queue peek, victims, evictions).
         self.overhead_s: deque[float] = deque(maxlen=OVERHEAD_SAMPLES)
         self.boundaries = 0
-        self.preemptions = 0
+        self.preemptions = 0  # evictions for a more urgent job (checkpoint round trips)
+        self.pauses = 0  # preemptions that paused a job in place
         self._last_boundary_s: float | None = None
         self.step_s = 0.0  # the last step's duration, as seen from here
 
@@ -284,6 +287,25 @@ class DeviceWorker:
         self._engine.evict(job_id)
         return True
 
+    def pause(self, job_id: str) -> bool:
+        """Set a running job aside at its next step boundary, its state kept on the
+        device (and its lease held) until :meth:`resume`."""
+        flight = self._flights.get(job_id)
+        if flight is None or flight.stopping or not flight.running or flight.pausing:
+            return False
+        flight.pausing = True
+        self._engine.pause(job_id)
+        return True
+
+    def resume(self, job_id: str) -> bool:
+        """Let a paused job back on the device at the next step boundary."""
+        flight = self._flights.get(job_id)
+        if flight is None or flight.stopping or not flight.paused:
+            return False
+        flight.paused = False
+        self._engine.resume(job_id)
+        return True
+
     def cancel(self, job_id: str) -> bool:
         """Stop a job at its next step boundary; False if this worker does not hold it."""
         flight = self._flights.get(job_id)
@@ -296,7 +318,9 @@ class DeviceWorker:
     # -- claiming ------------------------------------------------------------------------
 
     def _rows_in_flight(self) -> int:
-        return sum(flight.rows for flight in self._flights.values())
+        """Rows of the held jobs that take (or are about to take) device steps; paused
+        ones wait aside and leave room for claims."""
+        return sum(f.rows for f in self._flights.values() if not (f.paused or f.pausing))
 
     async def _claim_loop(self) -> None:
         failures = 0
@@ -446,8 +470,21 @@ class DeviceWorker:
             await self._progress(event, flight)
         elif event.outcome is Outcome.STARTED:
             self._started(event, flight)
+        elif event.outcome is Outcome.PAUSED:
+            self._paused(event, flight)
         else:
+            # The device may have room now, or nothing left running: decide again.
+            self._boundary_pending = True
             await self._finish(event, flight)
+
+    def _paused(self, event: EngineEvent, flight: Flight) -> None:
+        flight.running = False
+        flight.pausing = False
+        flight.paused = True
+        self._boundary_pending = True
+        self._room.set()
+        self._publish(event.job_id, EventKind.PREEMPTED, event.step, event.total)
+        log.info("job_paused", job_id=event.job_id, step=event.step)
 
     async def _progress(self, event: EngineEvent, flight: Flight) -> None:
         job_id = event.job_id
@@ -466,6 +503,7 @@ class DeviceWorker:
     def _started(self, event: EngineEvent, flight: Flight) -> None:
         job = flight.lease.job
         flight.running = True
+        flight.paused = False
         flight.steps_since_resume = 0
         flight.done_steps = event.step
         flight.started_seq = next(self._started_seq)
@@ -526,7 +564,8 @@ class DeviceWorker:
         self._boundary_pending = False
         self.boundaries += 1
         self._measure_step()
-        if not self.config.preemption.enabled or self._stopping.is_set():
+        if self._stopping.is_set() or not self.config.preemption.enabled:
+            self._resume_if_idle()
             return
         started = time.perf_counter()
         if time.monotonic() < self._peek_after_s:
@@ -558,29 +597,68 @@ class DeviceWorker:
         if not running:
             return 0.0
         wanted = Candidate(
-            job.id, rank(job.lane, aged), rows_of(job), shape_of(self._catalog.resolve(job.spec))
+            job.id,
+            rank(job.lane, aged),
+            rows_of(job),
+            shape_of(self._catalog.resolve(job.spec)),
+            job.cost_s,
         )
         steps = steps_until_start(
             wanted,
             [f.as_running() for f in running],
             self.config.capacity_rows,
             self.config.preemption,
+            self.config.pause_rows,
         )
         return steps * self.step_s
 
+    def _resume_if_idle(self) -> bool:
+        """Resume the most urgent paused job when nothing runs and no claimed job waits
+        to run (the device would idle otherwise); True if one was."""
+        flights = self._flights.values()
+        if any(f.running or f.pausing or (f.waiting and not f.paused) for f in flights):
+            return False
+        paused = [f for f in flights if f.paused and not f.stopping]
+        if not paused:
+            return False
+        first = min(paused, key=lambda f: (f.rank, f.remaining_s, f.started_seq))
+        return self.resume(first.lease.job.id)
+
     async def _preempt_for_urgent(self) -> None:
+        if self._resume_if_idle():
+            return
         if not any(f.running and not f.stopping for f in self._flights.values()):
             return
         async with asyncio.timeout(PEEK_CALL_S):
             head = await self._queue.peek(self.config.allow())
         config = self.config
-        waiting, chosen = victims_for(
-            self._flights, head, self._catalog.resolve, config.capacity_rows, config.preemption
+        waiting, plan = victims_for(
+            self._flights,
+            head,
+            self._catalog.resolve,
+            config.capacity_rows,
+            config.preemption,
+            config.pause_rows,
         )
-        for job_id in chosen:
+        for job_id in plan.pause:
+            if self.pause(job_id):
+                self.pauses += 1
+                log.info("job_pausing", job_id=job_id, for_job=waiting and waiting.job_id)
+        for job_id in plan.evict:
             if self.evict(job_id):
                 self.preemptions += 1
-                log.info("job_preempting", job_id=job_id, for_job=waiting)
+                log.info("job_preempting", job_id=job_id, for_job=waiting and waiting.job_id)
+        if waiting is not None and (plan or self._fits(waiting)):
+            held = self._flights.get(waiting.job_id)
+            if held is not None and held.paused:
+                self.resume(waiting.job_id)
+
+    def _fits(self, waiting: Candidate) -> bool:
+        """Whether ``waiting`` could join the running batch at the next boundary."""
+        running = [f for f in self._flights.values() if f.running and not f.stopping]
+        if any(f.shape != waiting.shape for f in running):
+            return False
+        return sum(f.rows for f in running) + waiting.rows <= self.config.capacity_rows
 
     async def _succeed(self, job: Job, samples: list[Image.Image], flight: Flight) -> None:
         config = self.config

@@ -191,17 +191,22 @@ async def test_a_lease_nobody_here_renews_counts_in_the_eta(
     monkeypatch.setenv("IMAGINE_QUEUE__LEASE_S", "45")
     async with open_backend(load_settings(), local_worker=False) as app:
         held = await app.service.submit(spec(steps=4), user_id=50)
-        assert held.max_running == 1
-        lease = await app.queue.claim("another-host:cuda:0", lease_s=45)
-        assert lease is not None and lease.job.id == held.id
-        await app.db.jobs.claim_attempt(held.id, lease.attempt, lease.token)
+        slots = [held]  # the free tier's every running slot, held elsewhere
+        slots += [
+            await app.service.submit(spec(steps=4, seed=10 + i), user_id=50)
+            for i in range(held.max_running - 1)
+        ]
+        for job in slots:
+            lease = await app.queue.claim("another-host:cuda:0", lease_s=45)
+            assert lease is not None and lease.job.id == job.id
+            await app.db.jobs.claim_attempt(job.id, lease.attempt, lease.token)
         waiting = await app.service.submit(spec(steps=4), user_id=50)
         status = await app.service.status(waiting.id)
         assert status is not None and status.position == 0
         assert status.start_in_s == pytest.approx(45.0 + held.cost_s)
         other_user = await app.service.submit(spec(steps=4, seed=2), user_id=51)
         assert (await app.service.status(other_user.id)).start_in_s < 45.0  # type: ignore[union-attr]
-        app.service.held_here = lambda job_id: job_id == held.id
+        app.service.held_here = lambda job_id: job_id in {job.id for job in slots}
         status = await app.service.status(waiting.id)
         assert status is not None and status.start_in_s < 45.0
 

@@ -308,23 +308,51 @@ async def test_claim_waits_for_a_job(queue: JobQueue) -> None:
 
 async def test_fair_share_across_users_by_weight(queue: JobQueue) -> None:
     """A flooding user does not go first: a weight-2 user gets two jobs per one of a
-    weight-1 user's, whoever enqueued first."""
+    weight-1 user's, whoever enqueued first (by finish tag: p0 0.5, f0 1, p1 1, p2 1.5,
+    f1 2, p3 2; equal tags go in enqueue order)."""
     for i in range(6):
         await queue.enqueue(make_job(f"f{i}", user_id=1, weight=1.0))
     for i in range(4):
         await queue.enqueue(make_job(f"p{i}", user_id=2, tier="basic", weight=2.0))
     order = await claim_all(queue)
-    assert order[:6] == ["f0", "p0", "p1", "f1", "p2", "p3"]
+    assert order[:6] == ["p0", "f0", "p1", "p2", "f1", "p3"]
     assert order[6:] == ["f2", "f3", "f4", "f5"]
 
 
 async def test_fair_share_counts_cost(queue: JobQueue) -> None:
-    """A user's expensive job uses up their share: the other user's cheap jobs go next."""
+    """The order is size-aware and fair: the other user's cheap jobs go before an
+    expensive job enqueued earlier, until their service catches up with its finish tag
+    (small0..2 end at 1, 2, 3; big1 at 4 ties small3 and was enqueued first), and the
+    expensive user's second job waits for its own first."""
     await queue.enqueue(make_job("big1", user_id=1, cost_s=4.0))
     await queue.enqueue(make_job("big2", user_id=1, cost_s=4.0))
     for i in range(4):
         await queue.enqueue(make_job(f"small{i}", user_id=2, cost_s=1.0))
-    assert await claim_all(queue) == ["big1", "small0", "small1", "small2", "small3", "big2"]
+    assert await claim_all(queue) == ["small0", "small1", "small2", "big1", "small3", "big2"]
+
+
+async def test_a_users_cheap_job_goes_before_their_own_costly_ones(queue: JobQueue) -> None:
+    """Within one user's queued jobs the cheapest goes first, and the user's share is
+    unchanged: the other user's jobs interleave exactly as they would have (user 1's
+    tags are laid out again from 0 as q 1, big 5, big2 9; user 2's are 2, 4, 6)."""
+    await queue.enqueue(make_job("big", user_id=1, cost_s=4.0))
+    await queue.enqueue(make_job("big2", user_id=1, cost_s=4.0))
+    for i in range(3):
+        await queue.enqueue(make_job(f"o{i}", user_id=2, cost_s=2.0))
+    await queue.enqueue(make_job("q", user_id=1, cost_s=1.0))
+    assert await queue.position("q") == 0
+    assert await claim_all(queue) == ["q", "o0", "o1", "big", "o2", "big2"]
+
+
+async def test_a_cheap_job_does_not_pass_its_owners_job_that_ran(queue: JobQueue) -> None:
+    """A job given back (preempted) keeps its tags: its owner's later cheap job is laid
+    out after it, not before."""
+    await queue.enqueue(make_job("big", user_id=1, cost_s=4.0))
+    lease = await queue.claim("w", lease_s=10)
+    assert lease is not None and lease.job.id == "big"
+    await queue.requeue(lease, checkpoint=b"state")
+    await queue.enqueue(make_job("q", user_id=1, cost_s=1.0))
+    assert await claim_all(queue) == ["big", "q"]
 
 
 async def test_aged_job_goes_before_higher_lanes(queue: JobQueue, clock: FakeClock) -> None:

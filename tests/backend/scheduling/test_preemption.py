@@ -18,16 +18,17 @@ RULES = Rules(enabled=True, min_steps=4, max_per_job=3)
 OFF = Rules(enabled=False, min_steps=4, max_per_job=3)
 
 
-def running(job_id: str, lane: Lane, rows: int = 8, shape: str = "1024", **kw: int) -> Running:
+def running(job_id: str, lane: Lane, rows: int = 8, shape: str = "1024", **kw: float) -> Running:
     return Running(
         job_id,
         rank(lane, False),
         rows,
         shape,
-        kw.get("steps", 10),
-        kw.get("preemptions", 0),
-        kw.get("seq", 1),
-        kw.get("left", 40),
+        int(kw.get("steps", 10)),
+        int(kw.get("preemptions", 0)),
+        int(kw.get("seq", 1)),
+        int(kw.get("left", 40)),
+        kw.get("left_s", 0.0),
     )
 
 
@@ -35,14 +36,14 @@ def test_realtime_job_of_another_shape_evicts_the_whole_batch() -> None:
     """A realtime 512px job waiting behind batch-lane 1024px work evicts all of it."""
     wanted = Candidate("rt", rank(Lane.REALTIME, False), 8, "512")
     batch = [running("a", Lane.BATCH), running("b", Lane.BATCH, seq=2)]
-    assert sorted(victims(wanted, batch, 16, RULES)) == ["a", "b"]
+    assert sorted(victims(wanted, batch, 16, RULES).evict) == ["a", "b"]
 
 
 def test_no_eviction_of_equal_priority_or_when_it_fits() -> None:
     """Work of the same lane is not evicted, and nothing is when the job fits."""
     wanted = Candidate("rt", rank(Lane.REALTIME, False), 8, "512")
-    assert victims(wanted, [running("a", Lane.REALTIME, shape="1024")], 16, RULES) == []
-    assert victims(wanted, [running("a", Lane.BATCH, shape="512")], 16, RULES) == []
+    assert victims(wanted, [running("a", Lane.REALTIME, shape="1024")], 16, RULES).evict == []
+    assert victims(wanted, [running("a", Lane.BATCH, shape="512")], 16, RULES).evict == []
 
 
 def test_same_shape_evicts_least_urgent_latest_first_until_it_fits() -> None:
@@ -54,17 +55,19 @@ def test_same_shape_evicts_least_urgent_latest_first_until_it_fits() -> None:
         running("b2", Lane.BATCH, rows=4, shape="512", seq=3),
         running("b3", Lane.BATCH, rows=4, shape="512", seq=4),
     ]
-    assert victims(wanted, batch, 16, RULES) == ["bg", "b3"]
+    assert victims(wanted, batch, 16, RULES).evict == ["bg", "b3"]
 
 
 def test_anti_thrashing_protects_recent_and_often_preempted_jobs() -> None:
     """A job resumed fewer than min_steps ago, or preempted max_per_job times, stays."""
     wanted = Candidate("rt", rank(Lane.REALTIME, False), 8, "512")
     rules = Rules(enabled=True, min_steps=4, max_per_job=2)
-    assert victims(wanted, [running("a", Lane.BATCH, steps=3)], 16, rules) == []
-    assert victims(wanted, [running("a", Lane.BATCH, preemptions=2)], 16, rules) == []
-    assert victims(wanted, [running("a", Lane.BATCH, steps=4, preemptions=1)], 16, rules) == ["a"]
-    assert victims(wanted, [running("a", Lane.BATCH)], 16, OFF) == []
+    assert victims(wanted, [running("a", Lane.BATCH, steps=3)], 16, rules).evict == []
+    assert victims(wanted, [running("a", Lane.BATCH, preemptions=2)], 16, rules).evict == []
+    assert victims(wanted, [running("a", Lane.BATCH, steps=4, preemptions=1)], 16, rules).evict == [
+        "a"
+    ]
+    assert victims(wanted, [running("a", Lane.BATCH)], 16, OFF).evict == []
 
 
 def test_aged_job_outranks_every_lane() -> None:
@@ -91,9 +94,62 @@ def test_steps_until_start_follows_the_preemption_rules() -> None:
 def test_rules_come_from_the_scheduler_settings() -> None:
     """The preemption switch and limits are the settings' (defaults and overrides)."""
     assert Rules.from_settings(load_settings().scheduler) == Rules(
-        enabled=True, min_steps=2, max_per_job=10
+        enabled=True, min_steps=2, max_per_job=10, size_ratio=4.0
     )
     scheduler = load_settings(
-        scheduler={"preemption": False, "preempt_min_steps": 7, "preempt_max_per_job": 1}
+        scheduler={
+            "preemption": False,
+            "preempt_min_steps": 7,
+            "preempt_max_per_job": 1,
+            "preempt_size_ratio": 9,
+        }
     ).scheduler
-    assert Rules.from_settings(scheduler) == Rules(enabled=False, min_steps=7, max_per_job=1)
+    assert Rules.from_settings(scheduler) == Rules(
+        enabled=False, min_steps=7, max_per_job=1, size_ratio=9.0
+    )
+
+
+SIZED = Rules(enabled=True, min_steps=2, max_per_job=3, size_ratio=4.0)
+
+
+def test_within_a_rank_a_job_makes_way_only_for_a_much_smaller_one() -> None:
+    """Shortest remaining work first among equals, with a margin: a 40 s job makes way
+    for a 2 s one of its lane, not for a 20 s one, and not for one of unknown cost."""
+    long = running("long", Lane.REALTIME, shape="1024", left_s=40.0)
+    short = Candidate("short", rank(Lane.REALTIME, False), 8, "512", 2.0)
+    medium = Candidate("medium", rank(Lane.REALTIME, False), 8, "512", 20.0)
+    unknown = Candidate("unknown", rank(Lane.REALTIME, False), 8, "512")
+    assert victims(short, [long], 16, SIZED).evict == ["long"]
+    assert not victims(medium, [long], 16, SIZED)
+    assert not victims(unknown, [long], 16, SIZED)
+    assert not victims(short, [long], 16, RULES)  # size_ratio inf: lanes alone decide
+    # A job of a less urgent rank never takes the device from a more urgent one.
+    batch_short = Candidate("b", rank(Lane.BATCH, False), 8, "512", 0.1)
+    assert not victims(batch_short, [long], 16, SIZED)
+
+
+def test_jobs_are_paused_while_the_pause_room_lasts_then_evicted() -> None:
+    """Up to pause_rows rows make way by pausing in place (largest remaining work
+    first); the rest are evicted, and only those count against max_per_job."""
+    wanted = Candidate("rt", rank(Lane.REALTIME, False), 8, "512")
+    batch = [
+        running("a", Lane.BATCH, left_s=10.0),
+        running("b", Lane.BATCH, seq=2, left_s=30.0),
+    ]
+    plan = victims(wanted, batch, 16, SIZED, pause_rows=8)
+    assert plan.pause == ["b"] and plan.evict == ["a"]
+    plan = victims(wanted, batch, 16, SIZED, pause_rows=16)
+    assert sorted(plan.pause) == ["a", "b"] and plan.evict == []
+    # Evicted as often as allowed: it may still pause, not be evicted again.
+    worn = [running("a", Lane.BATCH, preemptions=3)]
+    assert victims(wanted, worn, 16, SIZED, pause_rows=8).pause == ["a"]
+    assert not victims(wanted, worn, 16, SIZED, pause_rows=0)
+
+
+def test_steps_until_start_counts_pausing_past_the_eviction_cap() -> None:
+    """A job evicted max_per_job times still makes way within min_steps when it can be
+    paused instead."""
+    rt = Candidate("rt", rank(Lane.REALTIME, False), 8, "512")
+    worn = running("a", Lane.BATCH, preemptions=3, steps=0, left=25)
+    assert steps_until_start(rt, [worn], 16, SIZED) == 25
+    assert steps_until_start(rt, [worn], 16, SIZED, pause_rows=8) == 2

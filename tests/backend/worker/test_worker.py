@@ -14,7 +14,7 @@ from PIL import Image
 from backend.app import Backend, open_backend
 from backend.errors import JobFailedError
 from backend.events.base import EventKind, JobEvent, Subscription
-from backend.models import JobSpec
+from backend.models import JobSpec, Speed
 from config.settings import load_settings
 
 
@@ -98,6 +98,37 @@ async def test_preempted_job_resumes_to_identical_pixels(app: Backend) -> None:
     assert Path(events[-1].images[0]).read_bytes() == expected
     row = await app.db.jobs.get(job_id)
     assert row is not None and row.attempts == 2
+
+
+async def test_job_paused_for_a_quicker_one_resumes_in_place_to_identical_pixels(
+    app: Backend,
+) -> None:
+    """A long job is paused on the device (not sent back to the queue) when a quicker
+    realtime job of another size arrives; the quick one finishes first, and the long
+    one's grid is byte-identical to an uninterrupted run's, from a single attempt."""
+    await app.db.users.ensure(1)
+    await app.db.users.set_tier(1, "pro")
+    long = spec("a long one", steps=30, speed=Speed.RELAX)
+    _, reference = await submit(app, long)
+    expected = Path((await collect(reference))[-1].images[0]).read_bytes()
+
+    job_id, subscription = await submit(app, long)
+    events, quick = [], None
+    async for event in subscription:
+        events.append(event)
+        if event.kind is EventKind.STEP and event.step == 3 and quick is None:
+            quick = await submit(app, spec("quick", width=128, height=128, n=1))
+    assert quick is not None
+    quick_events = await collect(quick[1])
+    kinds = [event.kind for event in events]
+    assert EventKind.PREEMPTED in kinds and kinds[-1] is EventKind.SUCCEEDED
+    assert quick_events[-1].kind is EventKind.SUCCEEDED
+    assert Path(events[-1].images[0]).read_bytes() == expected
+    row, quick_row = await app.db.jobs.get(job_id), await app.db.jobs.get(quick[0])
+    assert row is not None and quick_row is not None
+    assert row.attempts == 1  # paused in place: never back in the queue
+    assert quick_row.finished_at_ms is not None and row.finished_at_ms is not None
+    assert quick_row.finished_at_ms < row.finished_at_ms
 
 
 async def test_cancelled_running_job_stops(app: Backend) -> None:

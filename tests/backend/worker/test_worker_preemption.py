@@ -1,5 +1,6 @@
 """The worker drives preemption at step boundaries: a more urgent job takes the device
-from a less urgent one, which resumes from its checkpoint; anti-thrashing holds.
+from a less urgent one, which is paused in place (while the pause room lasts) or
+evicted and resumes from its checkpoint; anti-thrashing holds.
 
 A step-timed fake engine stands in for the device (same admission rules as the real
 one: one shape at a time, submission order), so the tests are about the decisions.
@@ -44,14 +45,21 @@ def rules() -> Rules:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path, rules: Rules) -> AsyncIterator[Rig]:
+def pause_rows() -> int:
+    return 0
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, rules: Rules, pause_rows: int) -> AsyncIterator[Rig]:
     settings = load_settings()
     catalog = ModelCatalog(settings)
     queue = MemoryQueue()
     events = LocalEventBus()
     async with Database.open(tmp_path / "jobs.db") as db:
         service = GenerationService(settings.scheduler, settings.engine, db, queue, catalog, events)
-        config = WorkerConfig("w1", lease_s=5.0, poll_s=0.02, preemption=rules)
+        config = WorkerConfig(
+            "w1", lease_s=5.0, poll_s=0.02, preemption=rules, pause_rows=pause_rows
+        )
         ledger = SqliteLedger(db, ImageStore(tmp_path / "img"))
         worker = DeviceWorker(config, queue, StepTimedEngine, catalog, ledger, events)
         await db.users.ensure(1)
@@ -181,3 +189,96 @@ async def test_scheduling_overhead_is_measured_per_boundary(rig: Rig) -> None:
     assert rig.worker.boundaries >= 2
     assert 1 <= len(rig.worker.overhead_s) <= rig.worker.boundaries
     assert all(0 <= seconds < 1 for seconds in rig.worker.overhead_s)
+
+
+@pytest.mark.parametrize("pause_rows", [16])
+async def test_urgent_job_pauses_the_running_one_in_place(rig: Rig) -> None:
+    """With pause room, the background job is set aside on the device instead of
+    evicted: the realtime job runs and finishes first, the background job resumes at
+    the next step without going back to the queue (one attempt, no checkpoint)."""
+    long_id = await start_long(rig)
+    follow = asyncio.create_task(events_of(rig, {long_id}))
+    await asyncio.sleep(0)
+    short = await rig.service.submit(short_job(), user_id=1)
+    events = await follow
+    kinds = [(e.job_id, e.kind) for e in events]
+    paused_at = next(e.step for e in events if e.kind is EventKind.PREEMPTED)
+    cut = kinds.index((long_id, EventKind.PREEMPTED))
+    resumed = [e.step for e in events[cut:] if e.kind is EventKind.STEP]
+    assert resumed[0] == paused_at + 1
+    long_row = await rig.db.jobs.get(long_id)
+    short_row = await rig.db.jobs.get(short.id)
+    assert long_row is not None and short_row is not None
+    assert short_row.state == "succeeded" and long_row.state == "succeeded"
+    assert short_row.finished_at_ms is not None and long_row.finished_at_ms is not None
+    assert short_row.finished_at_ms < long_row.finished_at_ms
+    assert long_row.attempts == 1
+    assert rig.worker.pauses >= 1 and rig.worker.preemptions == 0
+
+
+@pytest.mark.parametrize("pause_rows", [16])
+@pytest.mark.parametrize(
+    "rules", [Rules(enabled=True, min_steps=2, max_per_job=10, size_ratio=4.0)]
+)
+async def test_a_much_smaller_job_of_the_same_lane_takes_the_device(rig: Rig) -> None:
+    """Within one lane, a job with at most a quarter of the running one's remaining
+    work goes first; the running job is paused and finishes after it."""
+    subscription = rig.events.subscribe(None)
+    long_spec = JobSpec(prompt="slow", seed=1, width=128, height=128, n=1, steps=60)
+    long = await rig.service.submit(long_spec, user_id=1)
+    assert long.lane is Lane.REALTIME
+    async with asyncio.timeout(5):
+        async for event in subscription:
+            if event.job_id == long.id and event.kind is EventKind.STEP and event.step >= 4:
+                break
+    subscription.close()
+    follow = asyncio.create_task(events_of(rig, {long.id}))
+    await asyncio.sleep(0)
+    short = await rig.service.submit(short_job(), user_id=1)
+    assert short.lane is Lane.REALTIME
+    events = await follow
+    assert any(e.kind is EventKind.PREEMPTED for e in events)
+    short_row = await rig.db.jobs.get(short.id)
+    long_row = await rig.db.jobs.get(long.id)
+    assert short_row is not None and long_row is not None
+    assert short_row.finished_at_ms is not None and long_row.finished_at_ms is not None
+    assert short_row.finished_at_ms < long_row.finished_at_ms
+
+
+@pytest.mark.parametrize("pause_rows", [16])
+async def test_a_paused_job_is_checkpointed_and_requeued_at_shutdown(rig: Rig) -> None:
+    """Closing the worker while a job is paused evicts it with its checkpoint: the job
+    goes back to the queue, nothing is lost."""
+    long_id = await start_long(rig)
+    subscription = rig.events.subscribe(None)
+    await rig.service.submit(
+        JobSpec(prompt="quick", seed=5, width=64, height=64, n=1, steps=400), user_id=1
+    )
+    async with asyncio.timeout(5):
+        async for event in subscription:
+            if event.job_id == long_id and event.kind is EventKind.PREEMPTED:
+                break
+    subscription.close()
+    await rig.worker.close(drain_s=0.0)
+    row = await rig.db.jobs.get(long_id)
+    assert row is not None and row.state == "queued"
+    assert await rig.db.jobs.checkpoint(long_id) is not None
+
+
+@pytest.mark.parametrize("pause_rows", [16])
+async def test_a_paused_job_can_be_cancelled(rig: Rig) -> None:
+    """Cancelling a paused job ends it as cancelled; the job it made way for goes on."""
+    long_id = await start_long(rig)
+    subscription = rig.events.subscribe(None)
+    short = await rig.service.submit(short_job(), user_id=1)
+    async with asyncio.timeout(5):
+        async for event in subscription:
+            if event.job_id == long_id and event.kind is EventKind.PREEMPTED:
+                break
+    subscription.close()
+    follow = asyncio.create_task(events_of(rig, {long_id, short.id}))
+    await asyncio.sleep(0)
+    assert rig.worker.cancel(long_id)
+    events = await follow
+    finals = {e.job_id: e.kind for e in events if e.kind.is_final}
+    assert finals == {long_id: EventKind.CANCELLED, short.id: EventKind.SUCCEEDED}
