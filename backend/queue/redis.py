@@ -108,6 +108,7 @@ if not now then
 end
 local ttl_s = tonumber(ARGV[3])
 local SEQ_OFFSET = 1e15
+local MIN_COST = MIN_COST_S
 
 local function job_key(id) return prefix .. 'job:' .. id end
 local function member_of(seq, id)
@@ -121,7 +122,30 @@ local function seq_of(member) return tonumber(string.sub(member, 1, 16)) - SEQ_O
 local function add_cost(lane, cost_us)
   local key = prefix .. 'cost'
   redis.call('HINCRBY', key, lane, string.format('%d', cost_us))  -- never '-0'
-  if redis.call('ZCARD', prefix .. 'tag:' .. lane) == 0 then redis.call('HSET', key, lane, 0) end
+  if redis.call('ZCARD', prefix .. 'tag:' .. lane) == 0 then
+    redis.call('HSET', key, lane, 0)
+    redis.call('DEL', prefix .. 'backlog:' .. lane, prefix .. 'bweight:' .. lane)
+    redis.call('HSET', prefix .. 'wsum', lane, 0)
+  end
+end
+
+-- FairQueue's backlog: users with queued jobs in a lane, and their weights' sum.
+local function backlog_add(lane, user, weight)
+  if redis.call('HINCRBY', prefix .. 'backlog:' .. lane, user, 1) == 1 then
+    redis.call('HSET', prefix .. 'bweight:' .. lane, user, weight)
+    redis.call('HINCRBYFLOAT', prefix .. 'wsum', lane, weight)
+  end
+end
+
+local function backlog_remove(lane, user)
+  local key = prefix .. 'backlog:' .. lane
+  if redis.call('HINCRBY', key, user, -1) > 0 then return end
+  redis.call('HDEL', key, user)
+  local weights = prefix .. 'bweight:' .. lane
+  local weight = redis.call('HGET', weights, user) or '0'
+  redis.call('HDEL', weights, user)
+  local sum = tonumber(redis.call('HINCRBYFLOAT', prefix .. 'wsum', lane, '-' .. weight))
+  if sum < 0 or redis.call('HLEN', key) == 0 then redis.call('HSET', prefix .. 'wsum', lane, 0) end
 end
 
 local function release(user)
@@ -135,9 +159,10 @@ end
 -- restarts at ``waited_since`` (a preempted job) or keeps its enqueue time (nil). A job
 -- queued before finish tags were kept ('ftag' missing) goes by its start tag.
 local function restore(id, key, waited_since)
-  local f = redis.call('HMGET', key, 'lane', 'user', 'ftag', 'enq', 'cost_us', 'tag')
+  local f = redis.call('HMGET', key, 'lane', 'user', 'ftag', 'enq', 'cost_us', 'tag', 'weight')
   f[3] = f[3] or f[6]
   release(f[2])
+  backlog_add(f[1], f[2], f[7] or '1')
   local seq = -redis.call('INCR', prefix .. 'seq')
   local member = member_of(seq, id)
   local enq = f[4]
@@ -167,7 +192,10 @@ local function unqueue(key)
   local f = redis.call('HMGET', key, 'lane', 'member', 'cost_us', 'user')
   redis.call('ZREM', prefix .. 'tag:' .. f[1], f[2])
   redis.call('ZREM', prefix .. 'age:' .. f[1], f[2])
-  if f[4] then redis.call('ZREM', fresh_key(f[1], f[4]), f[2]) end
+  if f[4] then
+    redis.call('ZREM', fresh_key(f[1], f[4]), f[2])
+    backlog_remove(f[1], f[4])
+  end
   redis.call('DEL', key)
   add_cost(f[1], -tonumber(f[3]))
 end
@@ -216,6 +244,7 @@ redis.call('EXPIRE', key, ttl_s)
 redis.call('ZADD', prefix .. 'age:' .. lane, now, member)
 redis.call('ZADD', fresh, ARGV[12], member)
 redis.call('EXPIRE', fresh, ttl_s)
+backlog_add(lane, user, ARGV[10])
 for _, m in ipairs(redis.call('ZRANGE', fresh, 0, -1)) do
   local k = job_key(id_of(m))
   local f = redis.call('HMGET', k, 'cost', 'weight')
@@ -349,12 +378,18 @@ end
 redis.call('ZREM', prefix .. 'tag:' .. chosen_lane, chosen)
 redis.call('ZREM', prefix .. 'age:' .. chosen_lane, chosen)
 redis.call('ZREM', fresh_key(chosen_lane, f[2]), chosen)
-add_cost(chosen_lane, -tonumber(f[5]))
+-- FairQueue.pop: V moves on by the work served over the waiting users' weight, and
+-- at least to the served job's start tag.
 local vtime_key = prefix .. 'vtime'
-if tonumber(f[3]) > (tonumber(redis.call('HGET', vtime_key, chosen_lane)) or 0) then
-  redis.call('HSET', vtime_key, chosen_lane, f[3])
-  redis.call('ZREMRANGEBYSCORE', prefix .. 'finish:' .. chosen_lane, '-inf', f[3])
-end
+local cost = tonumber(redis.call('HGET', key, 'cost')) or tonumber(f[5]) / 1e6
+local wsum = tonumber(redis.call('HGET', prefix .. 'wsum', chosen_lane)) or 0
+local vtime = tonumber(redis.call('HGET', vtime_key, chosen_lane)) or 0
+vtime = math.max(vtime + math.max(cost, MIN_COST) / math.max(wsum, 1e-9), tonumber(f[3]))
+local vtime_text = string.format('%.17g', vtime)
+redis.call('HSET', vtime_key, chosen_lane, vtime_text)
+redis.call('ZREMRANGEBYSCORE', prefix .. 'finish:' .. chosen_lane, '-inf', vtime_text)
+backlog_remove(chosen_lane, f[2])
+add_cost(chosen_lane, -tonumber(f[5]))
 local running_key = prefix .. 'running:' .. f[2]
 redis.call('INCR', running_key)
 redis.call('EXPIRE', running_key, ttl_s)
@@ -478,14 +513,15 @@ class RedisQueue:
         # The epoch this queue last saw (None before its first lost_data call).
         self._epoch: bytes | None = None
         register = client.register_script
-        self._enqueue = register(_PRELUDE + _ENQUEUE)
-        self._take = register(_PRELUDE + _TAKE)
-        self._renew = register(_PRELUDE + _RENEW)
-        self._ack = register(_PRELUDE + _ACK)
-        self._requeue = register(_PRELUDE + _REQUEUE)
-        self._cancel = register(_PRELUDE + _CANCEL)
-        self._position = register(_PRELUDE + _POSITION)
-        self._mark_epoch = register(_PRELUDE + _EPOCH)
+        prelude = _PRELUDE.replace("MIN_COST_S", repr(MIN_COST_S))
+        self._enqueue = register(prelude + _ENQUEUE)
+        self._take = register(prelude + _TAKE)
+        self._renew = register(prelude + _RENEW)
+        self._ack = register(prelude + _ACK)
+        self._requeue = register(prelude + _REQUEUE)
+        self._cancel = register(prelude + _CANCEL)
+        self._position = register(prelude + _POSITION)
+        self._mark_epoch = register(prelude + _EPOCH)
 
     @classmethod
     def from_url(

@@ -17,7 +17,10 @@ same arithmetic) and by the scheduler benchmark, which drives this very class:
   queued jobs are laid out again from the first one's start tag, in that order. The
   user's total (and so everyone else's share) is unchanged; only their own order is,
   so a quick job does not wait for its owner's long one queued a moment earlier.
-* Serving a job moves ``V`` to its start tag. A job given back (preempted, or its
+* Serving a job of cost ``c`` moves ``V`` on by ``c / W``, ``W`` the summed weight of
+  the users with jobs queued in the lane (as fluid fair queuing's virtual time runs:
+  users who queued a lot catch up while light users come and go), and at least to
+  its start tag. A job given back (preempted, or its
   lease expired) keeps its tags and its enqueue time, and wins ties on the tag, so it
   goes back to the front of its lane: the resume boost.
 * Aging: a job that has waited ``aging_fraction`` of its lane's ``max_wait_s`` is
@@ -123,8 +126,30 @@ class _Lane:
     by_tag: list[tuple[float, int, str]] = field(default_factory=list)
     by_age: list[tuple[float, int, str]] = field(default_factory=list)
     count: int = 0
+    # Per user with queued jobs: how many, and their weight; and the weights' sum.
+    backlog: dict[str, tuple[int, float]] = field(default_factory=dict)
+    weight_sum: float = 0.0
     # Per user: their queued jobs that never ran, in their tag order (cheapest first).
     fresh: dict[str, list[Ticket]] = field(default_factory=dict)
+
+    def queued(self, ticket: Ticket) -> None:
+        """Count one more queued ticket of its user (a newly waiting user's weight joins
+        the sum)."""
+        count, _ = self.backlog.get(ticket.user, (0, 0.0))
+        if count == 0:
+            self.weight_sum += ticket.weight
+        self.backlog[ticket.user] = (count + 1, ticket.weight)
+
+    def unqueued(self, ticket: Ticket) -> None:
+        """Count one queued ticket of its user fewer."""
+        count, weight = self.backlog.pop(ticket.user, (1, ticket.weight))
+        if count > 1:
+            self.backlog[ticket.user] = (count - 1, weight)
+        else:
+            self.weight_sum = max(0.0, self.weight_sum - weight)
+        if not self.backlog or self.count == 0:
+            self.backlog.clear()
+            self.weight_sum = 0.0
 
 
 class FairQueue:
@@ -149,6 +174,7 @@ class FairQueue:
         ticket.seq = next(self._seq)
         self._tickets[ticket.job_id] = ticket
         lane.count += 1
+        lane.queued(ticket)
         heapq.heappush(lane.by_age, (ticket.enqueued_at_ms, ticket.seq, ticket.job_id))
         fresh.append(ticket)
         fresh.sort(key=lambda one: (one.cost_s, one.seq))
@@ -186,6 +212,7 @@ class FairQueue:
         if ticket is not None:
             lane = self._lanes[ticket.lane]
             lane.count -= 1
+            lane.unqueued(ticket)
             fresh = lane.fresh.get(ticket.user)
             if fresh is not None and ticket in fresh:
                 fresh.remove(ticket)
@@ -199,6 +226,7 @@ class FairQueue:
         heapq.heappush(lane.by_tag, (ticket.finish_tag, ticket.seq, ticket.job_id))
         heapq.heappush(lane.by_age, (ticket.enqueued_at_ms, ticket.seq, ticket.job_id))
         lane.count += 1
+        lane.queued(ticket)
 
     def _release(self, user: str) -> None:
         left = self._running.get(user, 0) - 1
@@ -214,9 +242,13 @@ class FairQueue:
         ticket = self.peek(now_ms, allow)
         if ticket is None:
             return None
-        self.remove(ticket.job_id)
         lane = self._lanes[ticket.lane]
-        lane.vtime = max(lane.vtime, ticket.start_tag)
+        # The virtual time moves as fluid fair queuing's would: by the work served over
+        # the weight of the users waiting (the served one's included), and never
+        # behind the served job's start tag.
+        served = max(ticket.cost_s, MIN_COST_S) / max(lane.weight_sum, 1e-9)
+        lane.vtime = max(lane.vtime + served, ticket.start_tag)
+        self.remove(ticket.job_id)
         self._running[ticket.user] = self._running.get(ticket.user, 0) + 1
         return ticket
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 import pytest
 
 from backend.queue.redis import RedisQueue
+from config.settings import load_settings
 from tests.backend.queue.test_contract import make_job
 from tests.chaos.harness import (
     INTERRUPTED_STATUSES,
@@ -109,12 +110,16 @@ def test_ctrl_c_in_redis_mode_exits_within_the_drain_bound(lab: Lab) -> None:
 
 
 async def _hold_the_running_slot(url: str, namespace: str, user_id: int) -> None:
-    """Claim a job of ``user_id`` the database never knew, as a worker elsewhere would,
-    so that the user's next job waits behind it (one running job per free user)."""
+    """Claim jobs of ``user_id`` the database never knew, as a worker elsewhere would,
+    one per running slot of the free tier, so that the user's next job waits behind
+    them."""
+    slots = load_settings().scheduler.tiers["free"].max_running
     queue = RedisQueue.from_url(url, namespace=namespace)
     try:
-        await queue.enqueue(make_job("held-elsewhere", user_id=user_id, max_running=1))
-        assert await queue.claim("elsewhere", lease_s=HELD_LEASE_S) is not None
+        for slot in range(slots):
+            job = make_job(f"held-elsewhere-{slot}", user_id=user_id, max_running=slots)
+            await queue.enqueue(job)
+            assert await queue.claim("elsewhere", lease_s=HELD_LEASE_S) is not None
     finally:
         await queue.close()
 

@@ -344,6 +344,26 @@ async def test_a_users_cheap_job_goes_before_their_own_costly_ones(queue: JobQue
     assert await claim_all(queue) == ["q", "o0", "o1", "big", "o2", "big2"]
 
 
+async def test_virtual_time_moves_with_the_work_served(queue: JobQueue) -> None:
+    """A user with work queued keeps their share while light users come and go: each
+    claim moves the lane's virtual time on by its cost over the waiting users' weight
+    (a1 and x each by 1/2), so a newcomer after them starts at 1 and goes after the
+    waiting user's a2 (finish 2, enqueued first), not before it."""
+    for i in range(1, 4):
+        await queue.enqueue(make_job(f"a{i}", user_id=1))
+    await queue.enqueue(make_job("x", user_id=2))
+    assert [await _claim_ack(queue) for _ in range(2)] == ["a1", "x"]
+    await queue.enqueue(make_job("y", user_id=3))
+    assert await claim_all(queue) == ["a2", "y", "a3"]
+
+
+async def _claim_ack(queue: JobQueue) -> str:
+    lease = await queue.claim("w", lease_s=10)
+    assert lease is not None
+    await queue.ack(lease)
+    return lease.job.id
+
+
 async def test_a_cheap_job_does_not_pass_its_owners_job_that_ran(queue: JobQueue) -> None:
     """A job given back (preempted) keeps its tags: its owner's later cheap job is laid
     out after it, not before."""
