@@ -93,13 +93,28 @@ async def events_of(rig: Rig, job_ids: set[str]) -> list[JobEvent]:
     return seen
 
 
-async def start_long(rig: Rig) -> str:
+async def start_long(
+    rig: Rig, job_spec: JobSpec | None = None, lane: Lane = Lane.BACKGROUND
+) -> str:
+    """Submit a long job (by default a relax one) and return once it ran 4 steps."""
     subscription = rig.events.subscribe(None)
-    job = await rig.service.submit(long_job(), user_id=1)
-    assert job.lane is Lane.BACKGROUND
+    job = await rig.service.submit(job_spec or long_job(), user_id=1)
+    assert job.lane is lane
     async with asyncio.timeout(5):
         async for event in subscription:
             if event.job_id == job.id and event.kind is EventKind.STEP and event.step >= 4:
+                break
+    subscription.close()
+    return job.id
+
+
+async def until_paused(rig: Rig, job_id: str, *, submit: JobSpec) -> str:
+    """Submit ``submit`` and return its id once ``job_id`` was paused for it."""
+    subscription = rig.events.subscribe(None)
+    job = await rig.service.submit(submit, user_id=1)
+    async with asyncio.timeout(5):
+        async for event in subscription:
+            if event.job_id == job_id and event.kind is EventKind.PREEMPTED:
                 break
     subscription.close()
     return job.id
@@ -223,23 +238,16 @@ async def test_urgent_job_pauses_the_running_one_in_place(rig: Rig) -> None:
 async def test_a_much_smaller_job_of_the_same_lane_takes_the_device(rig: Rig) -> None:
     """Within one lane, a job with at most a quarter of the running one's remaining
     work goes first; the running job is paused and finishes after it."""
-    subscription = rig.events.subscribe(None)
     long_spec = JobSpec(prompt="slow", seed=1, width=128, height=128, n=1, steps=60)
-    long = await rig.service.submit(long_spec, user_id=1)
-    assert long.lane is Lane.REALTIME
-    async with asyncio.timeout(5):
-        async for event in subscription:
-            if event.job_id == long.id and event.kind is EventKind.STEP and event.step >= 4:
-                break
-    subscription.close()
-    follow = asyncio.create_task(events_of(rig, {long.id}))
+    long_id = await start_long(rig, long_spec, Lane.REALTIME)
+    follow = asyncio.create_task(events_of(rig, {long_id}))
     await asyncio.sleep(0)
     short = await rig.service.submit(short_job(), user_id=1)
     assert short.lane is Lane.REALTIME
     events = await follow
     assert any(e.kind is EventKind.PREEMPTED for e in events)
     short_row = await rig.db.jobs.get(short.id)
-    long_row = await rig.db.jobs.get(long.id)
+    long_row = await rig.db.jobs.get(long_id)
     assert short_row is not None and long_row is not None
     assert short_row.finished_at_ms is not None and long_row.finished_at_ms is not None
     assert short_row.finished_at_ms < long_row.finished_at_ms
@@ -250,15 +258,8 @@ async def test_a_paused_job_is_checkpointed_and_requeued_at_shutdown(rig: Rig) -
     """Closing the worker while a job is paused evicts it with its checkpoint: the job
     goes back to the queue, nothing is lost."""
     long_id = await start_long(rig)
-    subscription = rig.events.subscribe(None)
-    await rig.service.submit(
-        JobSpec(prompt="quick", seed=5, width=64, height=64, n=1, steps=400), user_id=1
-    )
-    async with asyncio.timeout(5):
-        async for event in subscription:
-            if event.job_id == long_id and event.kind is EventKind.PREEMPTED:
-                break
-    subscription.close()
+    busy = JobSpec(prompt="quick", seed=5, width=64, height=64, n=1, steps=400)
+    await until_paused(rig, long_id, submit=busy)
     await rig.worker.close(drain_s=0.0)
     row = await rig.db.jobs.get(long_id)
     assert row is not None and row.state == "queued"
@@ -269,16 +270,10 @@ async def test_a_paused_job_is_checkpointed_and_requeued_at_shutdown(rig: Rig) -
 async def test_a_paused_job_can_be_cancelled(rig: Rig) -> None:
     """Cancelling a paused job ends it as cancelled; the job it made way for goes on."""
     long_id = await start_long(rig)
-    subscription = rig.events.subscribe(None)
-    short = await rig.service.submit(short_job(), user_id=1)
-    async with asyncio.timeout(5):
-        async for event in subscription:
-            if event.job_id == long_id and event.kind is EventKind.PREEMPTED:
-                break
-    subscription.close()
-    follow = asyncio.create_task(events_of(rig, {long_id, short.id}))
+    short_id = await until_paused(rig, long_id, submit=short_job())
+    follow = asyncio.create_task(events_of(rig, {long_id, short_id}))
     await asyncio.sleep(0)
     assert rig.worker.cancel(long_id)
     events = await follow
     finals = {e.job_id: e.kind for e in events if e.kind.is_final}
-    assert finals == {long_id: EventKind.CANCELLED, short.id: EventKind.SUCCEEDED}
+    assert finals == {long_id: EventKind.CANCELLED, short_id: EventKind.SUCCEEDED}
