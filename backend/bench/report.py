@@ -29,7 +29,8 @@ _POLICY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("busy_fraction", "busy"),
     ("images_per_s", "images/s"),
     ("mean_batch", "mean batch"),
-    ("preemptions_per_1000", "preemptions/1000"),
+    ("preemptions_per_1000", "evictions/1000"),
+    ("pauses_per_1000", "pauses/1000"),
     ("jain", "Jain"),
     ("max_wait_lowest_tier_s", "max wait lowest tier s"),
 )

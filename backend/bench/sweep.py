@@ -139,6 +139,7 @@ def compact(figures: Mapping[str, Any]) -> dict[str, Any]:
         "jain": figures["jain"],
         "busy_fraction": figures["busy_fraction"],
         "preemptions_per_1000": figures["preemptions_per_1000"],
+        "pauses_per_1000": figures.get("pauses_per_1000", 0.0),
         "refused": sum(figures.get("refused", {}).values()),
     }
 
@@ -229,6 +230,7 @@ def _medians(traces: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
             "jain": _median([r["jain"] for r in rows]),
             "busy_fraction": _median([r["busy_fraction"] for r in rows]),
             "preemptions_per_1000": _median([r["preemptions_per_1000"] for r in rows]),
+            "pauses_per_1000": _median([r.get("pauses_per_1000", 0.0) for r in rows]),
         }
     return out
 

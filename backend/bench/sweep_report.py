@@ -23,7 +23,8 @@ _AXIS_COLUMNS: tuple[tuple[str, str], ...] = (
     ("long_slo_2", "long SLO 2x"),
     ("jain", "Jain"),
     ("busy_fraction", "busy"),
-    ("preemptions_per_1000", "preemptions/1000"),
+    ("preemptions_per_1000", "evictions/1000"),
+    ("pauses_per_1000", "pauses/1000"),
 )
 _TRACE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("short_p50_wait_s", "short p50 wait s"),
@@ -32,7 +33,8 @@ _TRACE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("long_p99_completion_s", "long p99 done s"),
     ("jain", "Jain"),
     ("busy_fraction", "busy"),
-    ("preemptions_per_1000", "preemptions/1000"),
+    ("preemptions_per_1000", "evictions/1000"),
+    ("pauses_per_1000", "pauses/1000"),
 )
 
 

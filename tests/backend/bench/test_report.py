@@ -32,6 +32,7 @@ def _result() -> dict[str, Any]:
                 "images_per_s": 7.891,
                 "mean_batch": 3.5,
                 "preemptions_per_1000": 0.0,
+                "pauses_per_1000": 0.0,
                 "jain": 0.4567,
                 "max_wait_lowest_tier_s": 345.678,
             },
@@ -41,6 +42,7 @@ def _result() -> dict[str, Any]:
                 "images_per_s": 6.5,
                 "mean_batch": 2.0,
                 "preemptions_per_1000": 12.0,
+                "pauses_per_1000": 30.0,
                 "jain": 0.987,
                 "max_wait_lowest_tier_s": 60.0,
             },
@@ -72,7 +74,8 @@ def test_markdown_has_a_row_per_policy_and_lane_with_compact_numbers() -> None:
 
 
 def test_markdown_has_a_row_per_policy_with_utilisation_and_fairness() -> None:
-    """The second table gives busy, images/s, mean batch, preemptions/1000, Jain, max wait."""
+    """The second table gives busy, images/s, mean batch, evictions and pauses per 1,000
+    jobs, Jain, max wait."""
     markdown = markdown_table(_result())
     header = _rows(markdown, "policy")[1]
     assert header == [
@@ -80,12 +83,13 @@ def test_markdown_has_a_row_per_policy_with_utilisation_and_fairness() -> None:
         "busy",
         "images/s",
         "mean batch",
-        "preemptions/1000",
+        "evictions/1000",
+        "pauses/1000",
         "Jain",
         "max wait lowest tier s",
     ]
-    assert ["fifo", "0.912", "7.89", "3.5", "0", "0.457", "346"] in _rows(markdown, "fifo")
-    assert ["fair", "0.85", "6.5", "2", "12", "0.987", "60"] in _rows(markdown, "fair")
+    assert ["fifo", "0.912", "7.89", "3.5", "0", "0", "0.457", "346"] in _rows(markdown, "fifo")
+    assert ["fair", "0.85", "6.5", "2", "12", "30", "0.987", "60"] in _rows(markdown, "fair")
 
 
 def test_markdown_renders_targets_and_eta_only_when_present() -> None:
