@@ -290,13 +290,7 @@ def run_scheduler_bench(
     table measured here); returns the result object, the waits per policy and lane,
     and the busy fraction over time per policy."""
     scheduler = settings.scheduler
-    device = DeviceSpec(
-        step_model,
-        settings.engine.max_batch_rows,
-        settings.engine.batch_window_ms / 1000,
-        resume,
-        scheduler.preempt_pause_rows,
-    )
+    device = device_for(settings, step_model, resume)
     cost = CostModel(step_model)
     result: dict[str, Any] = {"jobs": len(trace), "policies": {}}
     waits: dict[str, dict[str, list[float]]] = {}
@@ -321,6 +315,36 @@ def run_scheduler_bench(
             result["eta"] = eta_error(stats, warmup_fraction=0.1, min_wait_s=1.0)
     result["targets"] = targets(result)
     return result, waits, busy
+
+
+def device_for(
+    settings: Settings, step_model: StepTimes, resume: ResumeCosts | None = None
+) -> DeviceSpec:
+    """The simulated device the settings describe: batch rows, idle window, pause room."""
+    return DeviceSpec(
+        step_model,
+        settings.engine.max_batch_rows,
+        settings.engine.batch_window_ms / 1000,
+        resume,
+        settings.scheduler.preempt_pause_rows,
+    )
+
+
+def simulate(
+    settings: Settings,
+    trace: list[TraceJob],
+    policy: str,
+    *,
+    step_model: StepTimes,
+    admission: bool = True,
+    resume: ResumeCosts | None = None,
+) -> RunStats:
+    """One policy over ``trace`` on the device the settings describe, behind admission
+    unless ``admission`` is False."""
+    device = device_for(settings, step_model, resume)
+    jobs = build_jobs(trace, settings.scheduler, CostModel(step_model), device.capacity_rows)
+    gate = SimAdmission(settings) if admission else None
+    return run_policy(policy, jobs, settings.scheduler, device, gate)
 
 
 def check_policies(names: Sequence[str]) -> tuple[str, ...]:

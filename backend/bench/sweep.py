@@ -23,16 +23,18 @@ from typing import Any
 
 from backend.bench.device import ResumeCosts
 from backend.bench.policies import POLICIES
-from backend.bench.scheduler import run_scheduler_bench
+from backend.bench.scheduler import run_scheduler_bench, simulate
 from backend.bench.sim import service_time
 from backend.bench.trace import TraceJob, read_trace
 from backend.errors import BadInputError
 from backend.scheduling.lanes import StepTimes
+from backend.stats import percentile
 from config.settings import Settings
 
 SWEEP_JOBS = 600
 SHORT_STEPS, SHORT_SIZE_PX, LONG_SIZE_PX, IMAGES_PER_JOB = 4, 512, 1024, 4
 USERS = 200
+FLOOD_USER = "flood"
 ZIPF_EXPONENT = 1.1
 PAID_SHARE = 0.1
 FLOOD_SHARE = 1 / 3
@@ -115,7 +117,7 @@ def _users(rng: random.Random, mix: str) -> list[tuple[str, str, float]]:
     users = [(f"u{r:03d}", tiers[r - 1], 1.0 / r**ZIPF_EXPONENT) for r in range(1, USERS + 1)]
     if mix == "flood":
         total = sum(weight for _, _, weight in users)
-        users.append(("flood", "free", total * FLOOD_SHARE / (1 - FLOOD_SHARE)))
+        users.append((FLOOD_USER, "free", total * FLOOD_SHARE / (1 - FLOOD_SHARE)))
     elif mix not in ("free", "paid"):
         raise BadInputError(f"unknown tier mix {mix!r}; known: free, paid, flood")
     return users
@@ -155,13 +157,44 @@ def short_gain(policies: Mapping[str, Mapping[str, Any]], name: str) -> float | 
     return round(theirs / max(mine, 1e-3), 3)
 
 
+def flood_effect(
+    settings: Settings,
+    trace: list[TraceJob],
+    *,
+    step_model: StepTimes,
+    admission: bool = True,
+    resume: ResumeCosts | None = None,
+) -> float | None:
+    """How much the flooding user raises everyone else's p99 wait under ``ours``: the
+    other users' p99 wait replaying ``trace`` over the same without the flooder's jobs
+    (1.2: 20% longer); None without a flooder."""
+    without = [job for job in trace if job.user != FLOOD_USER]
+    if len(without) == len(trace) or not without:
+        return None
+    p99 = []
+    for replay in (trace, without):
+        stats = simulate(
+            settings, replay, SUBJECT, step_model=step_model, admission=admission, resume=resume
+        )
+        waits = [
+            job.first_start_s - job.trace.t_s
+            for job in stats.jobs
+            if job.trace.user != FLOOD_USER and job.first_start_s is not None
+        ]
+        p99.append(percentile(waits, 99) if waits else 0.0)
+    return round(p99[0] / max(p99[1], 1e-3), 4)
+
+
 def trace_targets(
-    policies: Mapping[str, Mapping[str, Any]], family: Family | None
+    policies: Mapping[str, Mapping[str, Any]],
+    family: Family | None,
+    flood_ratio: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The issue's targets for ``ours`` on one trace: short-class p99 wait at least 10x
     FIFO's where long jobs cost 20x or more and within 10% of the best baseline's;
     long mean completion at most 1.2x FIFO's; Jain at least 0.95; under 300
-    preemptions per 1,000 jobs at load 0.85."""
+    preemptions (evictions) per 1,000 jobs at load 0.85; a flooding user raising the
+    other users' p99 wait by at most 20% (``flood_ratio``, where there is one)."""
     ours = policies.get(SUBJECT)
     if ours is None:
         return {}
@@ -189,6 +222,7 @@ def trace_targets(
     add("jain", ours["jain"], ">=", 0.95)
     if family is None or family.load == 0.85:
         add("preemptions_per_1000", ours["preemptions_per_1000"], "<", 300)
+    add("flood_other_p99_ratio", flood_ratio, "<=", 1.2)
     return found
 
 
@@ -289,6 +323,15 @@ def run_sweep(
             say=lambda _: None,
         )
         policies = {policy: compact(f) for policy, f in result["policies"].items()}
+        flood = None
+        if SUBJECT in policies and (family is None or family.mix == "flood"):
+            flood = flood_effect(
+                settings,
+                trace,
+                step_model=step_model,
+                admission=config.admission,
+                resume=resume,
+            )
         eta = result.get("eta", {}).get("lanes", {})
         traces.append(
             {
@@ -297,7 +340,8 @@ def run_sweep(
                 "jobs": len(trace),
                 "policies": policies,
                 "eta_median_rel_error": {k: v["median_rel_error"] for k, v in eta.items()},
-                "targets": trace_targets(policies, family),
+                "flood_other_p99_ratio": flood,
+                "targets": trace_targets(policies, family, flood),
             }
         )
         if number % 12 == 0 or number == len(sources):

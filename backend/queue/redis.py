@@ -48,6 +48,7 @@ hashes and running counters needs a TTL; the epoch has none, as it must outlive 
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -263,8 +264,9 @@ add_cost(lane, tonumber(ARGV[12]))
 return 1
 """
 
-# ARGV: mode ('claim' or 'peek'), worker, token, lease_ms, then per lane in LANE_ORDER:
-# name, allowed (1/0), aged after (ms), max wait (ms); then the excluded tiers.
+# ARGV: mode ('claim' or 'peek'), worker, token, lease_ms, scan limit and chunk, then
+# per lane in LANE_ORDER: name, allowed (1/0), aged after (ms), max wait (ms); then the
+# aged jobs' yield ratio (0: none), then the excluded tiers.
 # Reclaims expired leases first (in enqueue order, as MemoryQueue walks its entries),
 # then picks as FairQueue.peek does; a claim then applies FairQueue.pop.
 _TAKE = """
@@ -278,8 +280,9 @@ for i = 0, 2 do
   aged_after[lane] = tonumber(ARGV[12 + i * 4])
   max_wait[lane] = tonumber(ARGV[13 + i * 4])
 end
+local yield_ratio = tonumber(ARGV[22])
 local excluded = {}
-for i = 22, #ARGV do excluded[ARGV[i]] = true end
+for i = 23, #ARGV do excluded[ARGV[i]] = true end
 
 local expired = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', prefix .. 'leased', '-inf', now)) do
@@ -352,16 +355,24 @@ for _, lane in ipairs(lanes) do
     end
   end
 end
-if not chosen then
-  for _, lane in ipairs(lanes) do
-    if allowed[lane] then
-      chosen = first_eligible(prefix .. 'tag:' .. lane, lane, nil)
-      if chosen then
-        chosen_lane = lane
-        break
-      end
+local first, first_lane
+for _, lane in ipairs(lanes) do
+  if allowed[lane] then
+    first = first_eligible(prefix .. 'tag:' .. lane, lane, nil)
+    if first then
+      first_lane = lane
+      break
     end
   end
+end
+local function cost_of(member)
+  local f = redis.call('HMGET', job_key(id_of(member)), 'cost', 'cost_us')
+  return tonumber(f[1]) or (tonumber(f[2]) or 0) / 1e6
+end
+-- FairQueue.peek: an aged job lets a job of at most 1/yield_ratio its cost go first.
+if not chosen or (first and yield_ratio > 0
+    and cost_of(first) * yield_ratio <= cost_of(chosen)) then
+  chosen, chosen_lane = first, first_lane
 end
 for _, orphan in ipairs(orphans) do
   redis.call('ZREM', prefix .. 'tag:' .. orphan[1], orphan[2])
@@ -696,6 +707,8 @@ class RedisQueue:
                 self._aging.aged_after_ms(lane),
                 self._aging.max_wait_ms[lane],
             ]
+        ratio = self._aging.yield_ratio
+        args.append(repr(ratio) if math.isfinite(ratio) else "0")  # 0: aged jobs never yield
         return args + sorted(allow.exclude_tiers)
 
     async def _run(self, script: AsyncScript, *args: str | int | bytes) -> Any:

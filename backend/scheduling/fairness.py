@@ -25,7 +25,10 @@ same arithmetic) and by the scheduler benchmark, which drives this very class:
   goes back to the front of its lane: the resume boost.
 * Aging: a job that has waited ``aging_fraction`` of its lane's ``max_wait_s`` is
   served before every job that has not, earliest deadline first, whatever its lane
-  or tier. Otherwise lanes go in order (realtime, batch, background).
+  or tier, except the job that comes first otherwise when it costs at most
+  1/``yield_ratio`` of the aged one (it delays the aged job by little, and a quick job
+  does not queue behind a long one for half a wait bound). Otherwise lanes go in
+  order (realtime, batch, background).
 * A user with ``max_running`` jobs leased is skipped until one comes back; so is a
   tier or lane the caller excludes (degradation).
 
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -67,15 +71,19 @@ class AgingPolicy:
 
     max_wait_ms: Mapping[Lane, int]
     aging_fraction: float = 0.5
+    # An aged job lets a job at most 1/yield_ratio its cost go first (inf: none).
+    yield_ratio: float = math.inf
 
     def aged_after_ms(self, lane: Lane) -> int:
         """How long a job of ``lane`` waits before it counts as aged (ms)."""
         return int(self.max_wait_ms[lane] * self.aging_fraction)
 
     @classmethod
-    def from_seconds(cls, max_wait_s: Mapping[Lane, float], fraction: float) -> AgingPolicy:
-        """From wait bounds in seconds per lane and the aging fraction."""
-        return cls({lane: int(s * 1000) for lane, s in max_wait_s.items()}, fraction)
+    def from_seconds(
+        cls, max_wait_s: Mapping[Lane, float], fraction: float, yield_ratio: float = math.inf
+    ) -> AgingPolicy:
+        """From wait bounds in seconds per lane, the aging fraction and the yield ratio."""
+        return cls({lane: int(s * 1000) for lane, s in max_wait_s.items()}, fraction, yield_ratio)
 
     @classmethod
     def from_settings(cls, scheduler: SchedulerSettings) -> AgingPolicy:
@@ -87,6 +95,7 @@ class AgingPolicy:
                 Lane.BACKGROUND: scheduler.background_max_wait_s,
             },
             scheduler.aging_fraction,
+            scheduler.preempt_size_ratio,
         )
 
     def max_wait_s(self, lane: Lane) -> float:
@@ -260,8 +269,16 @@ class FairQueue:
             if lane in allow.lanes
             and (ticket := self._first(lane, "age", now_ms, allow, aged_only=True)) is not None
         ]
-        if aged:
-            return min(aged, key=lambda t: (t.deadline_ms(self.aging), t.seq))
+        first = self._first_in_order(now_ms, allow)
+        if not aged:
+            return first
+        oldest = min(aged, key=lambda t: (t.deadline_ms(self.aging), t.seq))
+        if first is not None and first.cost_s * self.aging.yield_ratio <= oldest.cost_s:
+            return first  # much smaller: it delays the aged job by little
+        return oldest
+
+    def _first_in_order(self, now_ms: int, allow: ClaimFilter) -> Ticket | None:
+        """The first eligible job by lane, then fair order, aging aside."""
         for lane in LANE_ORDER:
             if lane in allow.lanes:
                 ticket = self._first(lane, "tag", now_ms, allow, aged_only=False)

@@ -15,6 +15,7 @@ from backend.bench.sweep import (
     Family,
     SweepConfig,
     family_trace,
+    flood_effect,
     grid,
     run_sweep,
     trace_targets,
@@ -127,6 +128,30 @@ def test_trace_targets_compare_against_fifo_and_the_best_baseline() -> None:
     assert not found["long_mean_vs_fifo"]["ok"] and found["jain"]["ok"]
     assert not found["preemptions_per_1000"]["ok"]
     assert "preemptions_per_1000" not in trace_targets(policies, Family(0.8, 20, True, 0.5, "free"))
+    assert "flood_other_p99_ratio" not in found
+    flooded = trace_targets(policies, Family(0.8, 20, True, 0.85, "flood"), 1.5)
+    assert flooded["flood_other_p99_ratio"] == {"value": 1.5, "target": "<= 1.2", "ok": False}
+
+
+def test_flood_effect_replays_the_trace_without_the_flooder(model: StepModel) -> None:
+    """The flood trace's other users wait at least as long with the flooder as without
+    (the same arrivals, less load); a trace without a flooder has no figure."""
+    settings = load_settings()
+    flood = family_trace(Family(0.8, 20, False, 0.85, "flood"), seed=3, jobs=150, step_model=model)
+    assert any(job.user == "flood" for job in flood)
+    ratio = flood_effect(settings, flood, step_model=model)
+    assert ratio is not None and ratio >= 1.0
+    free = family_trace(Family(0.8, 20, False, 0.85, "free"), seed=3, jobs=150, step_model=model)
+    assert flood_effect(settings, free, step_model=model) is None
+
+
+def test_the_sweep_reports_the_flood_effect_on_flood_traces(tiny_sweep: dict) -> None:  # type: ignore[type-arg]
+    """Every flood trace of the grid carries the flooder's effect on the others and its
+    target; the trace file, which has no flooder, has neither."""
+    for trace in tiny_sweep["traces"]:
+        flooded = trace["family"] is not None and trace["family"]["mix"] == "flood"
+        assert (trace["flood_other_p99_ratio"] is not None) is flooded
+        assert ("flood_other_p99_ratio" in trace["targets"]) is flooded
 
 
 def test_report_has_a_table_per_axis_and_heat_maps(tiny_sweep: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]

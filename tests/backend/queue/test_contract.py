@@ -388,6 +388,21 @@ async def test_aged_job_goes_before_higher_lanes(queue: JobQueue, clock: FakeClo
     assert await claim_all(queue) == ["old", "rt"]
 
 
+async def test_an_aged_job_lets_a_much_smaller_one_go_first(
+    queue: JobQueue, clock: FakeClock
+) -> None:
+    """An aged job goes before a job of comparable cost, but not before one of at most
+    a quarter of its cost (the default yield ratio, the preemption size ratio): that
+    delays it by little."""
+    await queue.enqueue(make_job("old", Lane.BATCH, cost_s=8.0))
+    clock.advance(150_000)
+    await queue.enqueue(make_job("peer", cost_s=4.0))
+    await queue.enqueue(make_job("quick", user_id=8, cost_s=1.0))
+    head = await queue.peek()
+    assert head is not None and head.job.id == "quick" and not head.aged
+    assert await claim_all(queue) == ["quick", "old", "peer"]
+
+
 async def test_requeued_job_waits_afresh_before_aging(queue: JobQueue, clock: FakeClock) -> None:
     """A preempted job's aging clock restarts: it does not come back aged and outrank
     the job it made room for, and ages again after another half bound of waiting."""
