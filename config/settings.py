@@ -288,7 +288,7 @@ def _default_tiers() -> dict[str, TierSettings]:
         "free": TierSettings(
             weight=1,
             rate_per_min=10,
-            # Two, so that a user's quick job can run while their long one is paused.
+            # Two: a quick job of the user may run next to their long one.
             max_running=2,
             max_queued=4,
             speeds=fast_relax,

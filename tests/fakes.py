@@ -355,6 +355,11 @@ class FlakyQueue:
         await self.inner.requeue(lease, checkpoint=checkpoint)
         self.requeued.append(lease.job.id)
 
+    async def set_paused(self, lease: Lease, paused: bool) -> None:
+        """The real queue's, unless down."""
+        self._check("set_paused")
+        await self.inner.set_paused(lease, paused)
+
     async def cancel(self, job_id: str) -> bool:
         """The real queue's, unless down."""
         self._check("cancel")

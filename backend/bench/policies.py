@@ -5,8 +5,8 @@ runs it.
 strict lanes); ``srpt`` is preemptive shortest remaining work first without fairness;
 ``fair_nopreempt`` and ``ours`` are the production fair queue, ``ours`` preempting.
 Every policy honours the tiers' running caps (``max_running``) as production does: a
-queued job whose user has that many jobs on the device (running or paused) waits,
-and the next eligible job goes instead.
+queued job whose user has that many jobs running waits, and the next eligible job
+goes instead; a job paused in place does not count until it resumes.
 """
 
 from __future__ import annotations
@@ -86,6 +86,12 @@ class Dispatcher(Protocol):
     def give_back(self, job: SimJob, now_s: float) -> None:
         """Requeue a preempted job."""
 
+    def paused(self, job: SimJob) -> None:
+        """A taken job was paused in place: it no longer counts against its user's cap."""
+
+    def resumed(self, job: SimJob) -> None:
+        """A paused job runs again (its user may go over their cap by it)."""
+
     def done(self, job: SimJob) -> None:
         """A taken job finished."""
 
@@ -151,6 +157,14 @@ class FifoDispatcher:
         self._caps.took(job)
         return job
 
+    def paused(self, job: SimJob) -> None:
+        """A taken job was paused in place: it no longer counts against its user's cap."""
+        self._caps.left(job)
+
+    def resumed(self, job: SimJob) -> None:
+        """A paused job runs again (its user may go over their cap by it)."""
+        self._caps.took(job)
+
     def give_back(self, job: SimJob, now_s: float) -> None:
         """Requeue at the front."""
         self._caps.left(job)
@@ -209,6 +223,16 @@ class FairDispatcher:
         assert ticket is not None
         assert ticket.job_id == job.id
         return job
+
+    def paused(self, job: SimJob) -> None:
+        """A taken job was paused in place: it no longer counts against its user's cap."""
+        assert job.ticket is not None
+        self.fair.suspend(job.ticket)
+
+    def resumed(self, job: SimJob) -> None:
+        """A paused job runs again (its user may go over their cap by it)."""
+        assert job.ticket is not None
+        self.fair.unsuspend(job.ticket)
 
     def give_back(self, job: SimJob, now_s: float) -> None:
         """Restore the ticket, tags kept, its wait restarting now."""
@@ -273,6 +297,14 @@ class SrptDispatcher:
             heapq.heapify(self._heap)
         self._caps.took(job)
         return job
+
+    def paused(self, job: SimJob) -> None:
+        """A taken job was paused in place: it no longer counts against its user's cap."""
+        self._caps.left(job)
+
+    def resumed(self, job: SimJob) -> None:
+        """A paused job runs again (its user may go over their cap by it)."""
+        self._caps.took(job)
 
     def give_back(self, job: SimJob, now_s: float) -> None:
         """Requeue by the work it has left."""

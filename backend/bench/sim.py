@@ -220,6 +220,7 @@ class Simulator:
             victim.pauses += 1
             self.stats.pauses += 1
             self._paused.append(victim)
+            self.dispatcher.paused(victim)
         for victim in [one for one in self._running if one.id in plan.evict]:
             self._running.remove(victim)
             victim.preemptions += 1
@@ -257,6 +258,7 @@ class Simulator:
                     break
             if paused:
                 self._paused.remove(head)
+                self.dispatcher.resumed(head)
                 job = head
             else:
                 job = self.dispatcher.take(now)

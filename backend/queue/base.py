@@ -97,6 +97,13 @@ class JobQueue(Protocol):
         superseded, or for a job the queue no longer has."""
         ...
 
+    async def set_paused(self, lease: Lease, paused: bool) -> None:
+        """The leased job is paused in place on its device (``paused``), or runs again:
+        a paused job does not count against its user's running cap, as it takes no
+        device time; running again, it counts again even over the cap. Repeating
+        either changes nothing; a lease that no longer holds its job is ignored."""
+        ...
+
     async def cancel(self, job_id: str) -> bool:
         """Drop a queued job or flag a running one; True if the job was known."""
         ...

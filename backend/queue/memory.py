@@ -31,6 +31,7 @@ class _Entry:
     token: str | None = None
     cancelled: bool = False
     order: int = 0  # enqueue order: expired leases come back in it
+    paused: bool = False  # paused in place: not counted against the user's cap
 
 
 def ticket_for(job: Job) -> Ticket:
@@ -135,6 +136,7 @@ class MemoryQueue:
             job_id = entry.job.id
             if entry.lease is not None:
                 entry.lease = None
+                self._unpause(entry)
                 if entry.cancelled:
                     self._fair.release(entry.ticket)
                     self._entries.pop(job_id)
@@ -170,6 +172,7 @@ class MemoryQueue:
         if entry.lease is None:  # reclaimed, and nobody claimed it since
             self._fair.remove(entry.job.id)
         else:
+            self._unpause(entry)
             self._fair.release(entry.ticket)
         del self._entries[entry.job.id]
         await self._notify()  # the user may be under their running cap again
@@ -185,6 +188,7 @@ class MemoryQueue:
             entry.checkpoint = checkpoint
             return
         entry.lease = None
+        self._unpause(entry)
         if entry.cancelled:
             self._fair.release(entry.ticket)
             del self._entries[lease.job.id]
@@ -192,6 +196,29 @@ class MemoryQueue:
         entry.checkpoint = checkpoint
         self._fair.restore(entry.ticket, waited_since_ms=self._now_ms())
         await self._notify()
+
+    async def set_paused(self, lease: Lease, paused: bool) -> None:
+        """Count a leased job out of (or back into) its user's running cap while it is
+        paused in place; ignored once the lease no longer holds the job."""
+        try:
+            entry = self._holder(lease)
+        except LeaseLostError:
+            return
+        if entry is None or entry.lease is None or entry.paused == paused:
+            return
+        entry.paused = paused
+        if paused:
+            self._fair.suspend(entry.ticket)
+            await self._notify()  # the user may be under their running cap now
+        else:
+            self._fair.unsuspend(entry.ticket)
+
+    def _unpause(self, entry: _Entry) -> None:
+        """Count a job that leaves its lease while paused as running again, so that
+        releasing it balances."""
+        if entry.paused:
+            entry.paused = False
+            self._fair.unsuspend(entry.ticket)
 
     async def cancel(self, job_id: str) -> bool:
         """Drop a queued job or flag a leased one to stop; True if the job was known."""

@@ -155,6 +155,16 @@ local function release(user)
   if redis.call('DECR', key) <= 0 then redis.call('DEL', key) end
 end
 
+-- A leased job leaves its lease: its user has one running job fewer, unless it was
+-- paused in place (then it was counted out already).
+local function release_job(key, user)
+  if redis.call('HGET', key, 'paused') == '1' then
+    redis.call('HDEL', key, 'paused')
+  else
+    release(user)
+  end
+end
+
 -- FairQueue.restore: back to its lane with its finish tag and a fresh negative sequence
 -- number, so it goes before jobs of the same tag that never ran. Its aging clock
 -- restarts at ``waited_since`` (a preempted job) or keeps its enqueue time (nil). A job
@@ -162,7 +172,7 @@ end
 local function restore(id, key, waited_since)
   local f = redis.call('HMGET', key, 'lane', 'user', 'ftag', 'enq', 'cost_us', 'tag', 'weight')
   f[3] = f[3] or f[6]
-  release(f[2])
+  release_job(key, f[2])
   backlog_add(f[1], f[2], f[7] or '1')
   local seq = -redis.call('INCR', prefix .. 'seq')
   local member = member_of(seq, id)
@@ -181,7 +191,7 @@ local function restore(id, key, waited_since)
 end
 
 local function drop(id, key)
-  release(redis.call('HGET', key, 'user'))
+  release_job(key, redis.call('HGET', key, 'user'))
   redis.call('DEL', key)
   redis.call('ZREM', prefix .. 'leased', id)
 end
@@ -465,6 +475,26 @@ end
 return 'ok'
 """
 
+# ARGV: id, token, paused (1/0). A leased job paused in place is counted out of its
+# user's running cap, and back in (even over the cap) when it runs again.
+_PAUSE = """
+local key = job_key(ARGV[4])
+if standing(key, ARGV[5]) ~= 'leased' then return 'ignored' end
+local paused = redis.call('HGET', key, 'paused') == '1'
+if paused == (ARGV[6] == '1') then return 'ok' end
+local user = redis.call('HGET', key, 'user')
+if ARGV[6] == '1' then
+  redis.call('HSET', key, 'paused', 1)
+  release(user)
+else
+  redis.call('HDEL', key, 'paused')
+  local running_key = prefix .. 'running:' .. user
+  redis.call('INCR', running_key)
+  redis.call('EXPIRE', running_key, ttl_s)
+end
+return 'ok'
+"""
+
 # ARGV: id. A queued job is dropped, a leased one flagged; 0 if unknown.
 _CANCEL = """
 local key = job_key(ARGV[4])
@@ -531,6 +561,7 @@ class RedisQueue:
         self._ack = register(prelude + _ACK)
         self._requeue = register(prelude + _REQUEUE)
         self._cancel = register(prelude + _CANCEL)
+        self._pause = register(prelude + _PAUSE)
         self._position = register(prelude + _POSITION)
         self._mark_epoch = register(prelude + _EPOCH)
 
@@ -643,6 +674,11 @@ class RedisQueue:
         reply = await self._run(self._requeue, lease.job.id, lease.token, has, checkpoint or b"")
         _check_held(lease, reply)
         self._notify()
+
+    async def set_paused(self, lease: Lease, paused: bool) -> None:
+        """Count a leased job out of (or back into) its user's running cap while it is
+        paused in place; ignored once the lease no longer holds the job."""
+        await self._run(self._pause, lease.job.id, lease.token, "1" if paused else "0")
 
     async def cancel(self, job_id: str) -> bool:
         """Drop a queued job or flag a leased one to stop; True if the job was known."""

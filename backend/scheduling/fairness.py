@@ -29,7 +29,8 @@ same arithmetic) and by the scheduler benchmark, which drives this very class:
   1/``yield_ratio`` of the aged one (it delays the aged job by little, and a quick job
   does not queue behind a long one for half a wait bound). Otherwise lanes go in
   order (realtime, batch, background).
-* A user with ``max_running`` jobs leased is skipped until one comes back; so is a
+* A user with ``max_running`` jobs leased (a job paused in place on a device does not
+  count) is skipped until one comes back; so is a
   tier or lane the caller excludes (degradation).
 
 Pure and synchronous, with the time passed in: unit tests drive it without a loop.
@@ -214,6 +215,16 @@ class FairQueue:
     def release(self, ticket: Ticket) -> None:
         """A taken job is finished or dropped: its user has one running job fewer."""
         self._release(ticket.user)
+
+    def suspend(self, ticket: Ticket) -> None:
+        """A taken job is paused in place: it stops counting against its user's running
+        cap until :meth:`unsuspend` (pausing takes no device time)."""
+        self._release(ticket.user)
+
+    def unsuspend(self, ticket: Ticket) -> None:
+        """A paused job runs again and counts again (its user may go over the cap by
+        it: the job was theirs before the cap let another start)."""
+        self._running[ticket.user] = self._running.get(ticket.user, 0) + 1
 
     def remove(self, job_id: str) -> Ticket | None:
         """Drop a queued job (cancelled); its heap entries go stale and are skipped."""

@@ -31,6 +31,7 @@ class Flight:
     running: bool = False  # in the engine's running batch (not waiting for its shape)
     paused: bool = False  # set aside on the device by a pause, its state kept there
     pausing: bool = False  # asked to pause; its PAUSED event is pending
+    counted_out: bool = False  # the queue counts it out of its user's running cap
     steps_since_resume: int = 0
     started_seq: int = 0
     done_steps: int = 0

@@ -470,12 +470,27 @@ class DeviceWorker:
             await self._progress(event, flight)
         elif event.outcome is Outcome.STARTED:
             self._started(event, flight)
+            if flight.counted_out:
+                await self._report_pause(flight, paused=False)
         elif event.outcome is Outcome.PAUSED:
             self._paused(event, flight)
+            await self._report_pause(flight, paused=True)
         else:
             # The device may have room now, or nothing left running: decide again.
             self._boundary_pending = True
             await self._finish(event, flight)
+
+    async def _report_pause(self, flight: Flight, *, paused: bool) -> None:
+        """Tell the queue that a held job was paused in place (it stops counting against
+        its user's running cap) or runs again. Best effort: should the queue not hear
+        it, the cap keeps counting the job, which only delays that user's next job."""
+        try:
+            async with asyncio.timeout(QUEUE_CALL_S):
+                await self._queue.set_paused(flight.lease, paused)
+        except (QueueError, TimeoutError) as exc:
+            log.warning("pause_unreported", job_id=flight.lease.job.id, error=_why(exc))
+            return
+        flight.counted_out = paused
 
     def _paused(self, event: EngineEvent, flight: Flight) -> None:
         flight.running = False

@@ -375,6 +375,33 @@ async def test_a_cheap_job_does_not_pass_its_owners_job_that_ran(queue: JobQueue
     assert await claim_all(queue) == ["big", "q"]
 
 
+async def test_a_paused_job_frees_its_users_running_slot(queue: JobQueue) -> None:
+    """A job paused in place does not count against its user's cap: their next job may
+    start; running again it counts again (over the cap), and finishing either job
+    releases exactly one slot, however often the pause was reported."""
+    await queue.enqueue(make_job("a", user_id=1, max_running=1))
+    await queue.enqueue(make_job("b", user_id=1, max_running=1))
+    await queue.enqueue(make_job("c", user_id=1, max_running=1))
+    first = await queue.claim("w", lease_s=10)
+    assert first is not None and first.job.id == "a"
+    assert await queue.claim("w", lease_s=10) is None  # at the cap
+    await queue.set_paused(first, True)
+    await queue.set_paused(first, True)
+    second = await queue.claim("w", lease_s=10)
+    assert second is not None and second.job.id == "b"
+    await queue.set_paused(first, False)
+    await queue.set_paused(first, False)
+    await queue.ack(second)
+    assert await queue.claim("w", lease_s=10) is None  # "a" runs: at the cap again
+    await queue.set_paused(first, True)
+    third = await queue.claim("w", lease_s=10)
+    assert third is not None and third.job.id == "c"
+    await queue.requeue(first, checkpoint=b"state")  # given back while paused
+    assert await queue.claim("w", lease_s=10) is None  # "c" holds the only slot
+    await queue.ack(third)
+    assert await claim_all(queue) == ["a"]
+
+
 async def test_aged_job_goes_before_higher_lanes(queue: JobQueue, clock: FakeClock) -> None:
     """Once a job has waited half its lane's bound it is served first, across lanes."""
     await queue.enqueue(make_job("old", Lane.BATCH))

@@ -37,6 +37,7 @@ class Rig:
     worker: DeviceWorker
     events: LocalEventBus
     db: Database
+    queue: MemoryQueue
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ async def rig(tmp_path: Path, rules: Rules, pause_rows: int) -> AsyncIterator[Ri
         await db.users.ensure(1)
         await db.users.set_tier(1, "admin")
         async with worker:
-            yield Rig(settings, service, worker, events, db)
+            yield Rig(settings, service, worker, events, db, queue)
 
 
 def long_job() -> JobSpec:
@@ -277,3 +278,24 @@ async def test_a_paused_job_can_be_cancelled(rig: Rig) -> None:
     events = await follow
     finals = {e.job_id: e.kind for e in events if e.kind.is_final}
     assert finals == {long_id: EventKind.CANCELLED, short_id: EventKind.SUCCEEDED}
+
+
+@pytest.mark.parametrize("pause_rows", [16])
+async def test_a_paused_job_does_not_hold_its_users_running_slot(rig: Rig) -> None:
+    """While a job is paused in place the queue counts it out of its user's running
+    cap, and back in once it runs again; when it finishes the count is balanced."""
+    long_id = await start_long(rig)
+    await rig.db.users.ensure(2)
+    user = "1"
+    assert rig.queue._fair.running(user) == 1
+    follow = asyncio.create_task(events_of(rig, {long_id}))
+    await asyncio.sleep(0)
+    await rig.service.submit(short_job(), user_id=2)
+    seen: list[int] = []
+    while not follow.done():
+        seen.append(rig.queue._fair.running(user))
+        await asyncio.sleep(STEP_S / 2)
+    events = await follow
+    assert any(e.kind is EventKind.PREEMPTED for e in events)
+    assert 0 in seen and seen[-1] == 1  # counted out while paused, back in after
+    assert rig.queue._fair.running(user) == 0
