@@ -344,7 +344,7 @@ class SchedulerSettings(_Section):
     # checkpoint, at most preempt_max_per_job times per job. A paused job keeps its
     # latents and sampler state on the device (under 1 MiB per sample at 1024 px).
     preemption: bool = True
-    preempt_min_steps: int = Field(default=2, ge=1, description="steps a job runs between two")
+    preempt_min_steps: int = Field(default=1, ge=1, description="steps a job runs between two")
     preempt_max_per_job: int = Field(default=10, ge=0)
     preempt_size_ratio: float = Field(default=4.0, ge=1)
     preempt_pause_rows: int = Field(default=64, ge=0)

@@ -94,7 +94,7 @@ def test_steps_until_start_follows_the_preemption_rules() -> None:
 def test_rules_come_from_the_scheduler_settings() -> None:
     """The preemption switch and limits are the settings' (defaults and overrides)."""
     assert Rules.from_settings(load_settings().scheduler) == Rules(
-        enabled=True, min_steps=2, max_per_job=10, size_ratio=4.0
+        enabled=True, min_steps=1, max_per_job=10, size_ratio=4.0
     )
     scheduler = load_settings(
         scheduler={
