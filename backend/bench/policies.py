@@ -122,7 +122,26 @@ class Caps:
         self._held[job.trace.user] -= 1
 
 
-class FifoDispatcher:
+class _CappedDispatcher:
+    """The running caps of a baseline's queue: what a taken job does to its user's
+    count when it is paused, resumed or finished."""
+
+    _caps: Caps
+
+    def paused(self, job: SimJob) -> None:
+        """A taken job was paused in place: it no longer counts against its user's cap."""
+        self._caps.left(job)
+
+    def resumed(self, job: SimJob) -> None:
+        """A paused job runs again (its user may go over their cap by it)."""
+        self._caps.took(job)
+
+    def done(self, job: SimJob) -> None:
+        """The job's user has one job fewer on the device."""
+        self._caps.left(job)
+
+
+class FifoDispatcher(_CappedDispatcher):
     """One queue in arrival order; optionally strict lane priority (FIFO per lane)."""
 
     def __init__(self, *, batching: bool, by_lane: bool) -> None:
@@ -157,22 +176,10 @@ class FifoDispatcher:
         self._caps.took(job)
         return job
 
-    def paused(self, job: SimJob) -> None:
-        """A taken job was paused in place: it no longer counts against its user's cap."""
-        self._caps.left(job)
-
-    def resumed(self, job: SimJob) -> None:
-        """A paused job runs again (its user may go over their cap by it)."""
-        self._caps.took(job)
-
     def give_back(self, job: SimJob, now_s: float) -> None:
         """Requeue at the front."""
         self._caps.left(job)
         self._queue_of(job).appendleft(job)
-
-    def done(self, job: SimJob) -> None:
-        """The job's user has one job fewer on the device."""
-        self._caps.left(job)
 
     def waiting(self) -> int:
         """Jobs in every queue."""
@@ -184,7 +191,7 @@ class FifoDispatcher:
 
 
 class FairDispatcher:
-    """The production fair queue (lanes, start-time fair queuing, aging, caps)."""
+    """The production fair queue (lanes, weighted fair queuing, aging, caps)."""
 
     def __init__(self, aging: AgingPolicy, *, preempting: bool) -> None:
         self.batching = True
@@ -255,7 +262,7 @@ class FairDispatcher:
         return rank(job.lane, aged=False)
 
 
-class SrptDispatcher:
+class SrptDispatcher(_CappedDispatcher):
     """Preemptive shortest remaining work first, without fairness: the job with the
     least device time left runs first, and evicts running jobs with more left (within
     the same anti-thrashing rules as ``ours``)."""
@@ -298,22 +305,10 @@ class SrptDispatcher:
         self._caps.took(job)
         return job
 
-    def paused(self, job: SimJob) -> None:
-        """A taken job was paused in place: it no longer counts against its user's cap."""
-        self._caps.left(job)
-
-    def resumed(self, job: SimJob) -> None:
-        """A paused job runs again (its user may go over their cap by it)."""
-        self._caps.took(job)
-
     def give_back(self, job: SimJob, now_s: float) -> None:
         """Requeue by the work it has left."""
         self._caps.left(job)
         self.arrive(job, now_s)
-
-    def done(self, job: SimJob) -> None:
-        """The job's user has one job fewer on the device."""
-        self._caps.left(job)
 
     def waiting(self) -> int:
         """Jobs queued."""

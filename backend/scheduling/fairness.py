@@ -1,4 +1,4 @@
-"""Which queued job runs next: lanes, start-time fair queuing across users, aging.
+"""Which queued job runs next: lanes, weighted fair queuing across users, aging.
 
 The rules, shared by every queue backend (the Redis backend's Lua scripts apply the
 same arithmetic) and by the scheduler benchmark, which drives this very class:
