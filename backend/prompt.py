@@ -43,11 +43,14 @@ _OVERRIDES = frozenset("\u202d\u202e")
 # What is left of Unicode's default-ignorable characters (joiners, variation selectors,
 # fillers, tags) and the blank braille pattern. They show nothing on their own, so a
 # token is read from its first visible character; a token of them alone is dropped.
-_LEADING_INVISIBLE = re.compile(
-    "^[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200c\u200d\u2800\u3164"
+_INVISIBLE = (
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200c\u200d\u2800\u3164"
     "\ufe00-\ufe0f\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
     "\U000e0000-\U000e0fff]+"
 )
+_LEADING_INVISIBLE = re.compile("^" + _INVISIBLE)
+# A comma ends a phrase as a space does: the next one starts at a visible character too.
+_INVISIBLE_AFTER_COMMA = re.compile("(?<=,)" + _INVISIBLE)
 # re's [0-9] is ASCII only, so "٣" is refused like "-1", "+3" and "1e3".
 _WHOLE = re.compile(r"[0-9]+")
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
@@ -249,7 +252,10 @@ def _check_raw(text: str, limits: PromptLimits) -> None:
 def _tokens(text: str) -> list[str]:
     """The words of the message, each from its first visible character; words that
     show nothing are left out."""
-    words = (_LEADING_INVISIBLE.sub("", word) for word in _DROPPED.sub("", text).split())
+    words = (
+        _LEADING_INVISIBLE.sub("", _INVISIBLE_AFTER_COMMA.sub("", word))
+        for word in _DROPPED.sub("", text).split()
+    )
     return [word for word in words if word]
 
 
