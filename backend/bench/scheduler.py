@@ -290,17 +290,15 @@ def run_scheduler_bench(
     table measured here); returns the result object, the waits per policy and lane,
     and the busy fraction over time per policy."""
     scheduler = settings.scheduler
-    device = device_for(settings, step_model, resume)
-    cost = CostModel(step_model)
     result: dict[str, Any] = {"jobs": len(trace), "policies": {}}
     waits: dict[str, dict[str, list[float]]] = {}
     busy: dict[str, list[tuple[float, float]]] = {}
     for name in policies:
-        jobs = build_jobs(trace, scheduler, cost, device.capacity_rows)
         started = time.perf_counter()
-        gate = SimAdmission(settings) if admission else None
-        stats = run_policy(name, jobs, scheduler, device, gate)
-        say(f"{name}: simulated {len(jobs)} jobs in {time.perf_counter() - started:.1f} s")
+        stats = simulate(
+            settings, trace, name, step_model=step_model, admission=admission, resume=resume
+        )
+        say(f"{name}: simulated {len(trace)} jobs in {time.perf_counter() - started:.1f} s")
         result["policies"][name] = policy_metrics(stats, scheduler, fair_min_jobs=fair_min_jobs)
         waits[name] = {
             lane.value: [wait_s(job) for job in stats.jobs if job.lane is lane]

@@ -182,19 +182,17 @@ class FairQueue:
         start = fresh[0].start_tag if fresh else max(lane.vtime, lane.finish.get(ticket.user, 0.0))
         ticket.enqueued_at_ms = now_ms
         ticket.seq = next(self._seq)
-        self._tickets[ticket.job_id] = ticket
-        lane.count += 1
-        lane.queued(ticket)
-        heapq.heappush(lane.by_age, (ticket.enqueued_at_ms, ticket.seq, ticket.job_id))
         fresh.append(ticket)
         fresh.sort(key=lambda one: (one.cost_s, one.seq))
         for one in fresh:
             finish = start + max(one.cost_s, MIN_COST_S) / max(one.weight, 1e-9)
-            if one is ticket or (one.start_tag, one.finish_tag) != (start, finish):
+            if (one.start_tag, one.finish_tag) != (start, finish):
                 one.start_tag, one.finish_tag = start, finish
-                heapq.heappush(lane.by_tag, (finish, one.seq, one.job_id))
+                if one is not ticket:  # queued already: its old heap entry goes stale
+                    heapq.heappush(lane.by_tag, (finish, one.seq, one.job_id))
             start = finish
         lane.finish[ticket.user] = start
+        self._insert(ticket)
         return ticket
 
     def restore(self, ticket: Ticket, waited_since_ms: int | None = None) -> None:

@@ -122,11 +122,6 @@ class Plan:
     def __bool__(self) -> bool:
         return bool(self.pause or self.evict)
 
-    @property
-    def job_ids(self) -> list[str]:
-        """Every job that makes way."""
-        return self.pause + self.evict
-
 
 def victims(
     waiting: Candidate,
@@ -147,7 +142,7 @@ def victims(
         return Plan()
     if running[0].shape != waiting.shape:
         if all(yields(job, waiting, rules) for job in running):
-            return _plan(running, rules, pause_rows, need_all=True)
+            return _plan(running, rules, pause_rows)
         return Plan()
     free = capacity_rows - sum(job.rows for job in running)
     if free >= waiting.rows:
@@ -163,12 +158,12 @@ def victims(
             free += job.rows
     if free < waiting.rows:
         return Plan()
-    return _plan(chosen, rules, pause_rows, need_all=True)
+    return _plan(chosen, rules, pause_rows)
 
 
-def _plan(jobs: Sequence[Running], rules: Rules, pause_rows: int, *, need_all: bool) -> Plan:
+def _plan(jobs: Sequence[Running], rules: Rules, pause_rows: int) -> Plan:
     """Pause what fits in ``pause_rows`` (largest remaining work first), evict the rest;
-    an empty plan when ``need_all`` and some job may move neither way."""
+    an empty plan when some job may move neither way."""
     plan = Plan()
     room = pause_rows
     for job in sorted(jobs, key=lambda job: -job.remaining_s):
@@ -177,7 +172,7 @@ def _plan(jobs: Sequence[Running], rules: Rules, pause_rows: int, *, need_all: b
             room -= job.rows
         elif job.movable(rules):
             plan.evict.append(job.job_id)
-        elif need_all:
+        else:
             return Plan()
     return plan
 

@@ -129,13 +129,8 @@ def most_urgent(
     """The most urgent job that wants the device: a held one waiting for its shape or
     paused, or the queue's head, which goes first only if the held ones would make
     way for it (a tie goes to the one already held)."""
-    best: Candidate | None = None
-    for flight in flights.values():
-        if not flight.waiting:
-            continue
-        candidate = flight.as_candidate()
-        if best is None or (candidate.rank, candidate.cost_s) < (best.rank, best.cost_s):
-            best = candidate
+    held = [flight for flight in flights.values() if flight.waiting]
+    first = min(held, key=lambda f: (f.rank, f.remaining_s), default=None)
     if head is not None and head.job.id not in flights:
         job = head.job
         queued = Candidate(
@@ -145,13 +140,7 @@ def most_urgent(
             shape_of(resolve(job.spec)),
             job.cost_s,
         )
-        if best is None or _outranks(queued, best, rules):
-            best = queued
-    return best
-
-
-def _outranks(queued: Candidate, held: Candidate, rules: Rules) -> bool:
-    """Whether the queue's head goes before a held job, by the rule that would make a
-    running job make way for it."""
-    as_running = Running(held.job_id, held.rank, held.rows, held.shape, 0, 0, 0, 0, held.cost_s)
-    return yields(as_running, queued, rules)
+        # The head goes first by the rule that would make a running job make way for it.
+        if first is None or yields(first.as_running(), queued, rules):
+            return queued
+    return None if first is None else first.as_candidate()
