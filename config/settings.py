@@ -338,15 +338,17 @@ class SchedulerSettings(_Section):
     background_max_wait_s: float = Field(default=3600.0, gt=0)
     aging_fraction: float = Field(default=0.5, gt=0, le=1)
     # Preemption: running jobs make way at a step boundary for a waiting job of a more
-    # urgent rank (aged, then lanes in order), or of the same rank and at most
-    # 1/preempt_size_ratio of their remaining work. Up to preempt_pause_rows rows are
-    # paused in place on the device (nothing saved); the rest are evicted with their
-    # checkpoint, at most preempt_max_per_job times per job. A paused job keeps its
-    # latents and sampler state on the device (under 1 MiB per sample at 1024 px).
+    # urgent rank (aged, then lanes in order), or of the same rank and smaller. Up to
+    # preempt_pause_rows rows are paused in place on the device (nothing saved), for a
+    # job costing less than 1/preempt_pause_ratio of their remaining work; the rest are
+    # evicted with their checkpoint, for a job of at most 1/preempt_size_ratio of it,
+    # at most preempt_max_per_job times per job. A paused job keeps its latents and
+    # sampler state on the device (under 1 MiB per sample at 1024 px).
     preemption: bool = True
     preempt_min_steps: int = Field(default=1, ge=1, description="steps a job runs between two")
     preempt_max_per_job: int = Field(default=10, ge=0)
     preempt_size_ratio: float = Field(default=4.0, ge=1)
+    preempt_pause_ratio: float = Field(default=1.0, ge=1)
     preempt_pause_rows: int = Field(default=64, ge=0)
     # The cost model before any step was measured: seconds per step of one 512x512
     # row is step_fixed_s + step_row_s * rows * (pixels / 512^2) ** step_pixel_exponent.

@@ -242,7 +242,9 @@ class Simulator:
             key=lambda one: (self.dispatcher.urgency(one), remaining_s(one), one.started_seq),
         )
         paused.rank = self.dispatcher.urgency(paused)
-        if head is not None and yields(_running(paused, paused.rank), _candidate(head), self.rules):
+        if head is not None and yields(
+            _running(paused, paused.rank), _candidate(head), self.rules, pause=True
+        ):
             return head, False
         return paused, True
 

@@ -3,9 +3,11 @@ and whether each is paused in place or evicted.
 
 Pure: the worker (and the scheduler benchmark) describe the device and the waiting
 job, and get back a :class:`Plan`. A job makes way for one of a more urgent rank (an
-aged job, then lanes in order), or, within one rank, for a job at least
-``size_ratio`` times smaller than the work it has left: shortest remaining work first
-among equals, with a margin so that jobs of similar size do not swap back and forth.
+aged job, then lanes in order), or, within one rank, for a smaller job: shortest
+remaining work first among equals. Pausing costs nothing, so a job is paused for any
+job with less work than it has left (``pause_ratio`` 1); evicting costs a checkpoint
+round trip, so a job is evicted only for one at least ``size_ratio`` times smaller, a
+margin that keeps jobs of similar size from trading places through the store.
 
 A job that makes way is *paused* when the device has room to keep it (its latents
 stay in device memory; nothing is saved, and it resumes at a later boundary on the
@@ -36,17 +38,19 @@ def rank(lane: Lane, aged: bool) -> int:
 @dataclass(frozen=True, slots=True)
 class Rules:
     """Anti-thrashing: a job runs ``min_steps`` between two preemptions, and is
-    evicted at most ``max_per_job`` times; within one rank, a job makes way only for
-    one whose cost is at most 1/``size_ratio`` of its remaining work (``inf``: never).
+    evicted at most ``max_per_job`` times; within one rank, a job is evicted only for
+    one whose cost is at most 1/``size_ratio`` of its remaining work, and paused only
+    for one whose cost times ``pause_ratio`` is less than it (``inf``: never).
 
-    No defaults but ``size_ratio``'s: the scheduler settings are the one source of
-    these values, through :meth:`from_settings`.
+    No defaults but the ratios': the scheduler settings are the one source of these
+    values, through :meth:`from_settings`.
     """
 
     enabled: bool
     min_steps: int
     max_per_job: int
     size_ratio: float = math.inf
+    pause_ratio: float = math.inf
 
     @classmethod
     def from_settings(cls, scheduler: SchedulerSettings) -> Rules:
@@ -56,6 +60,7 @@ class Rules:
             scheduler.preempt_min_steps,
             scheduler.preempt_max_per_job,
             scheduler.preempt_size_ratio,
+            scheduler.preempt_pause_ratio,
         )
 
 
@@ -94,22 +99,26 @@ class Running:
     def steps_until_gone(self, waiting: Candidate, rules: Rules, *, pause: bool = False) -> int:
         """Steps until this job no longer holds the device against ``waiting``: until
         it may make way, or until it finishes if it never may."""
-        if (
-            rules.enabled
-            and yields(self, waiting, rules)
-            and (pause or self.preemptions < rules.max_per_job)
+        if rules.enabled and (
+            (pause and yields(self, waiting, rules, pause=True))
+            or (yields(self, waiting, rules) and self.preemptions < rules.max_per_job)
         ):
             return min(max(1, rules.min_steps - self.steps_since_resume), self.remaining_steps)
         return self.remaining_steps
 
 
-def yields(job: Running, waiting: Candidate, rules: Rules) -> bool:
+def yields(job: Running, waiting: Candidate, rules: Rules, *, pause: bool = False) -> bool:
     """Whether ``job`` should make way for ``waiting`` (movability aside): ``waiting``
     has a more urgent rank, or the same rank and at most 1/``size_ratio`` of the work
-    ``job`` has left."""
+    ``job`` has left; with ``pause`` (making way costs nothing: paused in place, or
+    not started), less than 1/``pause_ratio`` of it."""
     if job.rank != waiting.rank:
         return job.rank > waiting.rank
-    return waiting.cost_s > 0 and waiting.cost_s * rules.size_ratio <= job.remaining_s
+    if waiting.cost_s <= 0:
+        return False
+    if pause and waiting.cost_s * rules.pause_ratio < job.remaining_s:
+        return True
+    return waiting.cost_s * rules.size_ratio <= job.remaining_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,45 +144,55 @@ def victims(
     Up to ``pause_rows`` rows are paused in place; the rest are evicted.
 
     The running batch has one shape. A waiting job of another shape needs the whole
-    device, so every running job must yield and be movable; otherwise the least urgent
-    movable jobs go, latest started first, until enough rows are free.
+    device, so every running job must make way; otherwise the least urgent jobs that
+    may make way go, most work left first, until enough rows are free.
     """
     if not rules.enabled or not running:
         return Plan()
     if running[0].shape != waiting.shape:
-        if all(yields(job, waiting, rules) for job in running):
-            return _plan(running, rules, pause_rows)
-        return Plan()
+        ordered = sorted(running, key=lambda job: -job.remaining_s)
+        return _plan(waiting, ordered, rules, pause_rows, need_all=True)
     free = capacity_rows - sum(job.rows for job in running)
     if free >= waiting.rows:
         return Plan()
-    candidates = [job for job in running if yields(job, waiting, rules)]
-    candidates.sort(key=lambda job: (-job.rank, -job.remaining_s, -job.started_seq))
-    chosen: list[Running] = []
-    for job in candidates:
-        if free >= waiting.rows:
-            break
-        if job.movable(rules, pause=True):
-            chosen.append(job)
-            free += job.rows
-    if free < waiting.rows:
-        return Plan()
-    return _plan(chosen, rules, pause_rows)
+    candidates = sorted(running, key=lambda job: (-job.rank, -job.remaining_s, -job.started_seq))
+    return _plan(waiting, candidates, rules, pause_rows, need_rows=waiting.rows - free)
 
 
-def _plan(jobs: Sequence[Running], rules: Rules, pause_rows: int) -> Plan:
-    """Pause what fits in ``pause_rows`` (largest remaining work first), evict the rest;
-    an empty plan when some job may move neither way."""
+def _plan(
+    waiting: Candidate,
+    jobs: Sequence[Running],
+    rules: Rules,
+    pause_rows: int,
+    *,
+    need_all: bool = False,
+    need_rows: int = 0,
+) -> Plan:
+    """Move ``jobs`` in order: paused while ``pause_rows`` has room, else evicted, each
+    as the rules allow for ``waiting``; all of them when ``need_all`` (an empty plan if
+    one may move neither way), else until ``need_rows`` rows are free (an empty plan
+    if they cannot be)."""
     plan = Plan()
-    room = pause_rows
-    for job in sorted(jobs, key=lambda job: -job.remaining_s):
-        if job.rows <= room and job.movable(rules, pause=True):
+    room, freed = pause_rows, 0
+    for job in jobs:
+        if not need_all and freed >= need_rows:
+            break
+        if (
+            job.rows <= room
+            and job.movable(rules, pause=True)
+            and yields(job, waiting, rules, pause=True)
+        ):
             plan.pause.append(job.job_id)
             room -= job.rows
-        elif job.movable(rules):
+        elif job.movable(rules) and yields(job, waiting, rules):
             plan.evict.append(job.job_id)
-        else:
+        elif need_all:
             return Plan()
+        else:
+            continue
+        freed += job.rows
+    if not need_all and freed < need_rows:
+        return Plan()
     return plan
 
 

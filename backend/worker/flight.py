@@ -140,7 +140,8 @@ def most_urgent(
             shape_of(resolve(job.spec)),
             job.cost_s,
         )
-        # The head goes first by the rule that would make a running job make way for it.
-        if first is None or yields(first.as_running(), queued, rules):
+        # The head goes first by the rule that would pause a running job for it (the
+        # held one makes way at no cost: it is paused, or not started).
+        if first is None or yields(first.as_running(), queued, rules, pause=True):
             return queued
     return None if first is None else first.as_candidate()

@@ -94,7 +94,7 @@ def test_steps_until_start_follows_the_preemption_rules() -> None:
 def test_rules_come_from_the_scheduler_settings() -> None:
     """The preemption switch and limits are the settings' (defaults and overrides)."""
     assert Rules.from_settings(load_settings().scheduler) == Rules(
-        enabled=True, min_steps=1, max_per_job=10, size_ratio=4.0
+        enabled=True, min_steps=1, max_per_job=10, size_ratio=4.0, pause_ratio=1.0
     )
     scheduler = load_settings(
         scheduler={
@@ -102,10 +102,11 @@ def test_rules_come_from_the_scheduler_settings() -> None:
             "preempt_min_steps": 7,
             "preempt_max_per_job": 1,
             "preempt_size_ratio": 9,
+            "preempt_pause_ratio": 2,
         }
     ).scheduler
     assert Rules.from_settings(scheduler) == Rules(
-        enabled=False, min_steps=7, max_per_job=1, size_ratio=9.0
+        enabled=False, min_steps=7, max_per_job=1, size_ratio=9.0, pause_ratio=2.0
     )
 
 
@@ -153,3 +154,54 @@ def test_steps_until_start_counts_pausing_past_the_eviction_cap() -> None:
     worn = running("a", Lane.BATCH, preemptions=3, steps=0, left=25)
     assert steps_until_start(rt, [worn], 16, SIZED) == 25
     assert steps_until_start(rt, [worn], 16, SIZED, pause_rows=8) == 2
+
+
+PAUSING = Rules(enabled=True, min_steps=2, max_per_job=3, size_ratio=4.0, pause_ratio=1.0)
+
+
+def test_a_job_pauses_for_any_smaller_one_but_is_evicted_only_for_a_much_smaller_one() -> None:
+    """Pausing costs nothing: a 40 s job pauses in place for a 20 s one of its rank
+    while there is pause room; without room it would have to be evicted, which takes a
+    job at most a quarter of its remaining work. Equal work never swaps."""
+    long = running("long", Lane.REALTIME, shape="1024", left_s=40.0)
+    medium = Candidate("medium", rank(Lane.REALTIME, False), 8, "512", 20.0)
+    short = Candidate("short", rank(Lane.REALTIME, False), 8, "512", 2.0)
+    equal = Candidate("equal", rank(Lane.REALTIME, False), 8, "512", 40.0)
+    assert victims(medium, [long], 16, PAUSING, pause_rows=8).pause == ["long"]
+    assert not victims(medium, [long], 16, PAUSING, pause_rows=0)
+    assert victims(short, [long], 16, PAUSING, pause_rows=0).evict == ["long"]
+    assert not victims(equal, [long], 16, PAUSING, pause_rows=8)
+
+
+def test_a_full_batch_of_one_shape_pauses_only_the_jobs_with_more_work_left() -> None:
+    """Same shape, no free rows: the job with the most work left that exceeds the
+    waiting job's pauses; a job with less left than the waiting one keeps running."""
+    near_done = running("near", Lane.REALTIME, shape="512", left_s=1.0)
+    long = running("long", Lane.REALTIME, shape="512", seq=2, left_s=30.0)
+    wanted = Candidate("new", rank(Lane.REALTIME, False), 8, "512", 5.0)
+    plan = victims(wanted, [near_done, long], 16, PAUSING, pause_rows=8)
+    assert plan.pause == ["long"] and plan.evict == []
+    # Only the near-done job runs: it does not make way, so nothing moves.
+    assert not victims(
+        wanted,
+        [near_done, running("x", Lane.REALTIME, shape="512", left_s=2.0)],
+        16,
+        PAUSING,
+        pause_rows=16,
+    )
+
+
+def test_a_job_of_another_shape_waits_unless_every_running_job_may_make_way() -> None:
+    """Another shape needs the whole device: every running job moves (paused while the
+    room lasts, largest remaining work first, else evicted) or none does."""
+    big = running("big", Lane.REALTIME, left_s=30.0)
+    small = running("small", Lane.REALTIME, seq=2, left_s=3.0)
+    wanted = Candidate("new", rank(Lane.REALTIME, False), 8, "512", 2.0)
+    plan = victims(wanted, [small, big], 16, PAUSING, pause_rows=16)
+    assert plan.pause == ["big", "small"] and plan.evict == []
+    # Room for one: "small" would have to be evicted, and 2 s is not a quarter of 3 s.
+    assert not victims(wanted, [small, big], 16, PAUSING, pause_rows=8)
+    # A job with less work left than the waiting one holds the device.
+    assert not victims(
+        wanted, [big, running("tiny", Lane.REALTIME, left_s=1.0)], 16, PAUSING, pause_rows=16
+    )
