@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import structlog
 
@@ -25,6 +26,7 @@ from backend.models import Lane
 from backend.operations import Parts, load_paused_lanes
 from backend.queue import JobQueue, RedisQueue, make_queue
 from backend.scheduling.fairness import ClaimFilter
+from backend.scheduling.lanes import CostModel, batching_pays
 from backend.service import GenerationService
 from backend.tasks import settle, stop
 from config.settings import QueueBackend, QueueSettings, Settings, mask_url
@@ -383,6 +385,16 @@ async def _start_local_workers(backend: Backend) -> None:
         backend.service.held_here = lambda job_id: any(job_id in w.held_job_ids for w in workers)
 
 
+def _joins(cost: CostModel, min_gain: float, shape: Hashable, running_rows: int, rows: int) -> bool:
+    """Whether ``rows`` rows below the realtime lane may join a running batch of
+    ``shape`` (model, width, height) and ``running_rows`` rows: batching still saves
+    ``min_gain`` of the device time by the service's measured step times."""
+    model, width, height = cast(tuple[str, int, int], shape)
+    return batching_pays(
+        lambda n: cost.step_s(model, n, width, height), running_rows, rows, min_gain
+    )
+
+
 def _device_worker(backend: Backend, ledger: JobLedger, device: torch.device) -> DeviceWorker:
     import socket
 
@@ -407,6 +419,7 @@ def _device_worker(backend: Backend, ledger: JobLedger, device: torch.device) ->
         pause_rows=settings.scheduler.preempt_pause_rows,
         on_step=backend.service.record_step,
         on_start=backend.service.job_started,
+        joins=functools.partial(_joins, backend.service.cost, settings.scheduler.batch_min_gain),
     )
     registry = ModelRegistry(settings, backend.catalog, device)
     backend.registries.append(registry)

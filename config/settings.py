@@ -350,6 +350,11 @@ class SchedulerSettings(_Section):
     preempt_size_ratio: float = Field(default=4.0, ge=1)
     preempt_pause_ratio: float = Field(default=1.0, ge=1)
     preempt_pause_rows: int = Field(default=64, ge=0)
+    # A job below the realtime lane (and not aged) joins a running batch only when
+    # batching saves at least this fraction of the device time the two would take
+    # apart; otherwise it waits for the batch rather than lengthen every step that
+    # realtime work waits for (0: always join when there is room).
+    batch_min_gain: float = Field(default=0.05, ge=0, lt=1)
     # The cost model before any step was measured: seconds per step of one 512x512
     # row is step_fixed_s + step_row_s * rows * (pixels / 512^2) ** step_pixel_exponent.
     step_fixed_s: float = Field(default=0.015, ge=0)

@@ -18,8 +18,10 @@ checkpoint save and load times of the jobs evicted and resumed at its boundary. 
 preempting policy pauses the jobs that make way in place while the device has room
 (``DeviceSpec.pause_rows``; a paused job keeps its latents and costs no checkpoint)
 and evicts the rest; a paused job resumes on the device when it is the most urgent
-contender again. The policies' queues are in :mod:`backend.bench.policies`; arrivals
-pass the production admission control first (:mod:`backend.bench.admit`).
+contender again. Under ``ours``, work below the realtime lane joins a running batch
+only while batching pays (``batch_min_gain``), as the worker claims it. The
+policies' queues are in :mod:`backend.bench.policies`; arrivals pass the production
+admission control first (:mod:`backend.bench.admit`).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from backend.errors import BadInputError
 from backend.models import Lane
 from backend.scheduling.eta import EtaModel, queued_ahead_s
 from backend.scheduling.fairness import LANE_ORDER
-from backend.scheduling.lanes import CostModel, StepTimes, classify, rows_for
+from backend.scheduling.lanes import CostModel, StepTimes, batching_pays, classify, rows_for
 from backend.scheduling.preemption import (
     Candidate,
     Rules,
@@ -95,6 +97,7 @@ class Simulator:
         on_step: Callable[[float, float], None] | None = None,
         on_start: Callable[[SimJob, float], None] | None = None,
         admission: SimAdmission | None = None,
+        join_min_gain: float = 0.0,
     ) -> None:
         self.name = name
         self.dispatcher = dispatcher
@@ -111,6 +114,7 @@ class Simulator:
         self._on_start = on_start
         self._admission = admission
         self._saving_s = 0.0
+        self._join_min_gain = join_min_gain
 
     @property
     def running(self) -> list[SimJob]:
@@ -248,6 +252,19 @@ class Simulator:
             return head, False
         return paused, True
 
+    def _joins(self, job: SimJob) -> bool:
+        """Whether ``job`` may join the running batch of its shape: realtime and aged
+        work always, other work while batching still pays (``batch_min_gain``)."""
+        if job.rank <= rank(Lane.REALTIME, False):
+            return True
+        width, height = job.shape
+        return batching_pays(
+            lambda rows: self.device.step_model.step_s(rows, width, height),
+            sum(one.rows for one in self._running),
+            job.rows,
+            self._join_min_gain,
+        )
+
     def _admit(self, now: float) -> float:
         resumed_s = 0.0
         capacity = self.device.capacity_rows
@@ -257,6 +274,8 @@ class Simulator:
                 if not self.dispatcher.batching or head.shape != self._running[0].shape:
                     break
                 if sum(job.rows for job in self._running) + head.rows > capacity:
+                    break
+                if not self._joins(head):
                     break
             if paused:
                 self._paused.remove(head)
@@ -395,6 +414,7 @@ def run_policy(
             on_step=eta.record_throughput,
             on_start=started,
             admission=admission,
+            join_min_gain=settings.batch_min_gain,
         )
         simulator._estimate = fair_estimator(dispatcher, simulator, eta, device)
         return simulator.run()

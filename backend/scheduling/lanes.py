@@ -6,6 +6,7 @@ classifier is a function of numbers. Nothing here imports torch, redis or discor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,6 +51,20 @@ def rows_for(n: int, guidance: float | None) -> int:
     """UNet rows a job takes: two per sample when guided (unknown guidance counts as
     guided), as the engine batches them."""
     return n * (2 if guidance is None or guidance > 1.0 else 1)
+
+
+def batching_pays(
+    step_s: Callable[[int], float], running_rows: int, rows: int, min_gain: float
+) -> bool:
+    """Whether ``rows`` more rows joining a batch of ``running_rows`` (of one shape,
+    ``step_s(rows)`` seconds a step) save at least ``min_gain`` of the device time the
+    two would take stepping apart. A step's cost grows almost in proportion to its rows
+    once the device is busy, so past a point a bigger batch saves little and only makes
+    each step, which more urgent work waits for, longer."""
+    if running_rows <= 0 or min_gain <= 0:
+        return True
+    apart = step_s(running_rows) + step_s(rows)
+    return apart - step_s(running_rows + rows) >= min_gain * apart
 
 
 class CostModel:

@@ -31,7 +31,7 @@ import functools
 import itertools
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +44,7 @@ from backend.engine.types import EngineEvent, EngineFactory, Outcome, Request
 from backend.errors import BackendError, LeaseLostError, QueueError
 from backend.events.base import EventBus, EventKind, JobEvent
 from backend.grid import encode_png, make_grid
-from backend.models import Job
+from backend.models import Job, Lane
 from backend.queue.base import EVERYTHING, ClaimFilter, JobQueue, Lease, LostBecause
 from backend.scheduling.preemption import Candidate, Rules, rank, steps_until_start
 from backend.tasks import final, settle, stop, supervise, wait_set
@@ -66,6 +66,8 @@ PEEK_CALL_S = 1.0
 BOOKKEEPING_S = 30.0
 # Claims that failed are retried after ``poll_s``, doubling, up to this.
 CLAIM_BACKOFF_MAX_S = 1.0
+# The shortest wait of a claim scoped to realtime work (before any step was timed).
+MIN_SCOPED_WAIT_S = 0.05
 # A job this worker cannot set up goes back to the queue this many times (for another
 # process), then fails with its reason.
 MAX_SETUP_RELEASES = 3
@@ -107,6 +109,9 @@ class WorkerConfig:
     evict_wait_s: float = 10.0
     # Rows of preempted jobs kept paused in place on the device (0: always evict).
     pause_rows: int = 0
+    # Whether a job of ``rows`` rows below the realtime lane may join a running batch of
+    # (shape, rows): batching still pays (see ``batching_pays``). None: whenever it fits.
+    joins: Callable[[Hashable, int, int], bool] | None = None
 
 
 class DeviceWorker:
@@ -352,13 +357,33 @@ class DeviceWorker:
 
     async def _claim(self) -> Lease | None:
         config = self.config
-        async with asyncio.timeout(config.poll_s + QUEUE_CALL_S):
+        allow, wait_s = await self._claim_scope()
+        async with asyncio.timeout(wait_s + QUEUE_CALL_S):
             return await self._queue.claim(
-                config.worker_id,
-                lease_s=config.lease_s,
-                wait_s=config.poll_s,
-                allow=config.allow(),
+                config.worker_id, lease_s=config.lease_s, wait_s=wait_s, allow=allow
             )
+
+    async def _claim_scope(self) -> tuple[ClaimFilter, float]:
+        """What to claim, and how long to wait for it: what the degradation ladder
+        allows; but while the running batch would gain too little by growing, only
+        realtime work (unless the queue's head is aged), waiting no longer than the
+        batch's nearest finish. Other work then stays queued for a device that can
+        start it at once, or for this one once its batch ends."""
+        config = self.config
+        allow = config.allow()
+        running = [f for f in self._flights.values() if f.running and not f.stopping]
+        if config.joins is None or not running:
+            return allow, config.poll_s
+        rows = sum(f.rows for f in running)
+        if config.joins(running[0].shape, rows, min(f.rows for f in running)):
+            return allow, config.poll_s
+        async with asyncio.timeout(PEEK_CALL_S):
+            head = await self._queue.peek(allow)
+        if head is not None and (head.aged or head.job.lane is Lane.REALTIME):
+            return allow, config.poll_s
+        steps_left = min(max(1, (f.lease.job.spec.steps or 1) - f.done_steps) for f in running)
+        wait_s = min(config.poll_s, max(steps_left * self.step_s, MIN_SCOPED_WAIT_S))
+        return ClaimFilter(allow.exclude_tiers, allow.lanes & {Lane.REALTIME}), wait_s
 
     async def _take(self, lease: Lease, sent_s: float) -> None:
         """Set up a claimed job; never raises: a job that cannot be set up goes back to
@@ -669,11 +694,19 @@ class DeviceWorker:
                 self.resume(waiting.job_id)
 
     def _fits(self, waiting: Candidate) -> bool:
-        """Whether ``waiting`` could join the running batch at the next boundary."""
+        """Whether ``waiting`` could join the running batch at the next boundary: it
+        has the batch's shape, there is room, and for work below the realtime lane,
+        batching still pays."""
         running = [f for f in self._flights.values() if f.running and not f.stopping]
         if any(f.shape != waiting.shape for f in running):
             return False
-        return sum(f.rows for f in running) + waiting.rows <= self.config.capacity_rows
+        rows = sum(f.rows for f in running)
+        if rows + waiting.rows > self.config.capacity_rows:
+            return False
+        joins = self.config.joins
+        if not running or joins is None or waiting.rank <= rank(Lane.REALTIME, False):
+            return True
+        return joins(waiting.shape, rows, waiting.rows)
 
     async def _succeed(self, job: Job, samples: list[Image.Image], flight: Flight) -> None:
         config = self.config

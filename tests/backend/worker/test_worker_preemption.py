@@ -9,7 +9,7 @@ one: one shape at a time, submission order), so the tests are about the decision
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +51,17 @@ def pause_rows() -> int:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path, rules: Rules, pause_rows: int) -> AsyncIterator[Rig]:
+def joins() -> Callable[[Hashable, int, int], bool] | None:
+    return None
+
+
+@pytest.fixture
+async def rig(
+    tmp_path: Path,
+    rules: Rules,
+    pause_rows: int,
+    joins: Callable[[Hashable, int, int], bool] | None,
+) -> AsyncIterator[Rig]:
     settings = load_settings()
     catalog = ModelCatalog(settings)
     queue = MemoryQueue()
@@ -59,7 +69,7 @@ async def rig(tmp_path: Path, rules: Rules, pause_rows: int) -> AsyncIterator[Ri
     async with Database.open(tmp_path / "jobs.db") as db:
         service = GenerationService(settings.scheduler, settings.engine, db, queue, catalog, events)
         config = WorkerConfig(
-            "w1", lease_s=5.0, poll_s=0.02, preemption=rules, pause_rows=pause_rows
+            "w1", lease_s=5.0, poll_s=0.02, preemption=rules, pause_rows=pause_rows, joins=joins
         )
         ledger = SqliteLedger(db, ImageStore(tmp_path / "img"))
         worker = DeviceWorker(config, queue, StepTimedEngine, catalog, ledger, events)
@@ -299,3 +309,57 @@ async def test_a_paused_job_does_not_hold_its_users_running_slot(rig: Rig) -> No
     assert any(e.kind is EventKind.PREEMPTED for e in events)
     assert 0 in seen and seen[-1] == 1  # counted out while paused, back in after
     assert rig.queue._fair.running(user) == 0
+
+
+def never_pays(shape: Hashable, running_rows: int, rows: int) -> bool:
+    return False
+
+
+def relax_twin(seed: int) -> JobSpec:
+    """A background job of the long job's shape, short enough to finish quickly."""
+    return JobSpec(prompt="twin", seed=seed, width=128, height=128, n=1, steps=5, speed=Speed.RELAX)
+
+
+def started_before_finish(events: list[JobEvent], late: str, early: str) -> bool:
+    """Whether ``late`` started on the device before ``early`` succeeded."""
+    kinds = [(e.job_id, e.kind) for e in events]
+    return kinds.index((late, EventKind.STARTED)) < kinds.index((early, EventKind.SUCCEEDED))
+
+
+@pytest.mark.parametrize("rules", [Rules(enabled=False, min_steps=2, max_per_job=10)])
+@pytest.mark.parametrize("joins", [never_pays])
+async def test_background_work_waits_for_a_batch_that_would_not_gain_by_growing(
+    rig: Rig,
+) -> None:
+    """While batching would not pay, a background job of the running batch's shape is
+    left queued (for another device, or this one once its batch ends); a realtime job
+    of that shape still joins at once."""
+    long_id = await start_long(rig)
+    twin_id, urgent_id = rig.service.new_job_id(), rig.service.new_job_id()
+    follow = asyncio.create_task(events_of(rig, {long_id, twin_id, urgent_id}))
+    await asyncio.sleep(0)
+    twin = await rig.service.submit(relax_twin(5), user_id=1, job_id=twin_id)
+    assert twin.lane is Lane.BACKGROUND
+    await asyncio.sleep(10 * STEP_S)
+    assert await rig.queue.depth(Lane.BACKGROUND) == 1  # still queued, not held here
+    urgent = await rig.service.submit(
+        JobSpec(prompt="now", seed=6, width=128, height=128, n=1, steps=3),
+        user_id=1,
+        job_id=urgent_id,
+    )
+    assert urgent.lane is Lane.REALTIME
+    events = await follow
+    assert started_before_finish(events, urgent_id, long_id)
+    assert started_after_finish(events, twin_id, long_id)
+
+
+@pytest.mark.parametrize("rules", [Rules(enabled=False, min_steps=2, max_per_job=10)])
+async def test_background_work_joins_a_batch_whenever_it_fits_by_default(rig: Rig) -> None:
+    """Without a batching rule, a background job of the running shape joins at once."""
+    long_id = await start_long(rig)
+    twin_id = rig.service.new_job_id()
+    follow = asyncio.create_task(events_of(rig, {long_id, twin_id}))
+    await asyncio.sleep(0)
+    await rig.service.submit(relax_twin(7), user_id=1, job_id=twin_id)
+    events = await follow
+    assert started_before_finish(events, twin_id, long_id)
