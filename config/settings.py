@@ -337,6 +337,10 @@ class SchedulerSettings(_Section):
     batch_max_wait_s: float = Field(default=300.0, gt=0)
     background_max_wait_s: float = Field(default=3600.0, gt=0)
     aging_fraction: float = Field(default=0.5, gt=0, le=1)
+    # Within a lane, of the jobs whose fair finish time is at most this many virtual
+    # seconds (device-seconds per unit of tier weight) after the first one's, the
+    # cheapest goes first: no user falls further behind their fair share for it.
+    fair_size_slack_s: float = Field(default=30.0, ge=0)
     # Preemption: running jobs make way at a step boundary for a waiting job of a more
     # urgent rank (aged, then lanes in order), or of the same rank and smaller. Up to
     # preempt_pause_rows rows are paused in place on the device (nothing saved), for a

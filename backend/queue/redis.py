@@ -276,7 +276,7 @@ return 1
 
 # ARGV: mode ('claim' or 'peek'), worker, token, lease_ms, scan limit and chunk, then
 # per lane in LANE_ORDER: name, allowed (1/0), aged after (ms), max wait (ms); then the
-# aged jobs' yield ratio (0: none), then the excluded tiers.
+# aged jobs' yield ratio (0: none), the size slack, then the excluded tiers.
 # Reclaims expired leases first (in enqueue order, as MemoryQueue walks its entries),
 # then picks as FairQueue.peek does; a claim then applies FairQueue.pop.
 _TAKE = """
@@ -291,8 +291,9 @@ for i = 0, 2 do
   max_wait[lane] = tonumber(ARGV[13 + i * 4])
 end
 local yield_ratio = tonumber(ARGV[22])
+local size_slack = tonumber(ARGV[23])
 local excluded = {}
-for i = 23, #ARGV do excluded[ARGV[i]] = true end
+for i = 24, #ARGV do excluded[ARGV[i]] = true end
 
 local expired = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', prefix .. 'leased', '-inf', now)) do
@@ -365,19 +366,38 @@ for _, lane in ipairs(lanes) do
     end
   end
 end
-local first, first_lane
-for _, lane in ipairs(lanes) do
-  if allowed[lane] then
-    first = first_eligible(prefix .. 'tag:' .. lane, lane, nil)
-    if first then
-      first_lane = lane
-      break
-    end
-  end
-end
 local function cost_of(member)
   local f = redis.call('HMGET', job_key(id_of(member)), 'cost', 'cost_us')
   return tonumber(f[1]) or (tonumber(f[2]) or 0) / 1e6
+end
+-- FairQueue._first: the cheapest eligible member with a tag at most size_slack after
+-- the first eligible one's (ties in tag order), looking at SCAN_LIMIT members at most.
+local function cheapest_within(key, lane, first, score)
+  local best, best_cost = first, cost_of(first)
+  local cutoff = string.format('%.17g', score + size_slack)
+  local found = redis.call('ZRANGEBYSCORE', key, string.format('%.17g', score), cutoff,
+    'LIMIT', 0, SCAN_LIMIT)
+  for _, member in ipairs(found) do
+    if member ~= first and eligible(member, lane) then
+      local cost = cost_of(member)
+      if cost < best_cost then best, best_cost = member, cost end
+    end
+  end
+  return best
+end
+local first, first_lane
+for _, lane in ipairs(lanes) do
+  if allowed[lane] then
+    local score
+    first, score = first_eligible(prefix .. 'tag:' .. lane, lane, nil)
+    if first then
+      first_lane = lane
+      if size_slack > 0 and seq_of(first) >= 0 then  -- a job given back keeps its place
+        first = cheapest_within(prefix .. 'tag:' .. lane, lane, first, score)
+      end
+      break
+    end
+  end
 end
 -- FairQueue.peek: an aged job lets a job of at most 1/yield_ratio its cost go first.
 if not chosen or (first and yield_ratio > 0
@@ -745,6 +765,8 @@ class RedisQueue:
             ]
         ratio = self._aging.yield_ratio
         args.append(repr(ratio) if math.isfinite(ratio) else "0")  # 0: aged jobs never yield
+        slack = self._aging.size_slack
+        args.append(repr(slack) if math.isfinite(slack) else "1e300")
         return args + sorted(allow.exclude_tiers)
 
     async def _run(self, script: AsyncScript, *args: str | int | bytes) -> Any:

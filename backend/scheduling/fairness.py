@@ -23,6 +23,12 @@ same arithmetic) and by the scheduler benchmark, which drives this very class:
   its start tag. A job given back (preempted, or its
   lease expired) keeps its tags and its enqueue time, and wins ties on the tag, so it
   goes back to the front of its lane: the resume boost.
+* Size within fairness: a lane serves, of its eligible jobs whose finish tag is at
+  most ``size_slack`` virtual seconds after the first one's, the cheapest (ties in
+  tag order). A quick job does not queue behind a long one whose owner is only a
+  little behind in service, while no user falls more than the slack behind their
+  fair share for it (0: strict finish-tag order). A job given back at the head of its
+  lane keeps its place (the resume boost, below).
 * Aging: a job that has waited ``aging_fraction`` of its lane's ``max_wait_s`` is
   served before every job that has not, earliest deadline first, whatever its lane
   or tier, except the job that comes first otherwise when it costs at most
@@ -74,6 +80,9 @@ class AgingPolicy:
     aging_fraction: float = 0.5
     # An aged job lets a job at most 1/yield_ratio its cost go first (inf: none).
     yield_ratio: float = math.inf
+    # Within a lane, the cheapest job with a finish tag at most this far after the
+    # first one's goes first (virtual seconds; 0: strict finish-tag order).
+    size_slack: float = 0.0
 
     def aged_after_ms(self, lane: Lane) -> int:
         """How long a job of ``lane`` waits before it counts as aged (ms)."""
@@ -81,10 +90,16 @@ class AgingPolicy:
 
     @classmethod
     def from_seconds(
-        cls, max_wait_s: Mapping[Lane, float], fraction: float, yield_ratio: float = math.inf
+        cls,
+        max_wait_s: Mapping[Lane, float],
+        fraction: float,
+        yield_ratio: float = math.inf,
+        size_slack: float = 0.0,
     ) -> AgingPolicy:
-        """From wait bounds in seconds per lane, the aging fraction and the yield ratio."""
-        return cls({lane: int(s * 1000) for lane, s in max_wait_s.items()}, fraction, yield_ratio)
+        """From wait bounds in seconds per lane, the aging fraction, the yield ratio
+        and the size slack."""
+        waits = {lane: int(s * 1000) for lane, s in max_wait_s.items()}
+        return cls(waits, fraction, yield_ratio, size_slack)
 
     @classmethod
     def from_settings(cls, scheduler: SchedulerSettings) -> AgingPolicy:
@@ -97,6 +112,7 @@ class AgingPolicy:
             },
             scheduler.aging_fraction,
             scheduler.preempt_size_ratio,
+            scheduler.fair_size_slack_s,
         )
 
     def max_wait_s(self, lane: Lane) -> float:
@@ -298,12 +314,28 @@ class FairQueue:
     def _first(
         self, lane: Lane, order: str, now_ms: int, allow: ClaimFilter, *, aged_only: bool
     ) -> Ticket | None:
+        if aged_only:
+            for ticket in self._ordered(lane, order):
+                if not ticket.is_aged(self.aging, now_ms):
+                    return None
+                if self.eligible(ticket, allow):
+                    return ticket
+            return None
+        # In tag order: the cheapest eligible job within the slack of the first one.
+        best: Ticket | None = None
+        limit = math.inf
         for ticket in self._ordered(lane, order):
-            if aged_only and not ticket.is_aged(self.aging, now_ms):
-                return None
-            if self.eligible(ticket, allow):
-                return ticket
-        return None
+            if ticket.finish_tag > limit:
+                break
+            if not self.eligible(ticket, allow):
+                continue
+            if best is None:
+                if ticket.seq < 0 or self.aging.size_slack <= 0:
+                    return ticket  # given back, it keeps its place (the resume boost)
+                best, limit = ticket, ticket.finish_tag + self.aging.size_slack
+            elif ticket.cost_s < best.cost_s:
+                best = ticket
+        return best
 
     def eligible(self, ticket: Ticket, allow: ClaimFilter = EVERYTHING) -> bool:
         """Whether ``ticket`` may start now: ``allow`` permits it and its user is under

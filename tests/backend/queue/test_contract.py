@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,21 +15,25 @@ from backend.models import Job, JobSpec, Lane
 from backend.queue.base import JobQueue, Lease, LostBecause
 from backend.queue.memory import MemoryQueue
 from backend.queue.redis import RedisQueue
-from backend.scheduling.fairness import ClaimFilter
+from backend.scheduling.fairness import AgingPolicy, ClaimFilter
+from config.settings import SchedulerSettings
 from tests.conftest import REDIS_URL
 from tests.fakes import FakeClock
 
-QueueFactory = Callable[[FakeClock], JobQueue]
+QueueFactory = Callable[[FakeClock, AgingPolicy], JobQueue]
+DEFAULTS = AgingPolicy.from_settings(SchedulerSettings())
+# Strict finish-tag order within a lane: the fair-queuing arithmetic alone.
+STRICT = replace(DEFAULTS, size_slack=0.0)
 
 
-def _redis_queue(clock: FakeClock) -> JobQueue:
+def _redis_queue(clock: FakeClock, aging: AgingPolicy) -> JobQueue:
     """A queue over the test Redis, in a namespace of its own (purged after the test)."""
     namespace = f"test-{uuid.uuid4().hex[:12]}"
-    return RedisQueue.from_url(REDIS_URL, namespace=namespace, fake_now_ms=clock.ms)
+    return RedisQueue.from_url(REDIS_URL, namespace=namespace, aging=aging, fake_now_ms=clock.ms)
 
 
 BACKENDS: dict[str, QueueFactory] = {
-    "memory": lambda clock: MemoryQueue(now_ms=clock.ms),
+    "memory": lambda clock, aging: MemoryQueue(aging=aging, now_ms=clock.ms),
     "redis": _redis_queue,
 }
 
@@ -38,13 +43,26 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=sorted(BACKENDS))
-async def queue(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[JobQueue]:
-    backend = BACKENDS[request.param](clock)
+async def _backend(name: str, clock: FakeClock, aging: AgingPolicy) -> AsyncIterator[JobQueue]:
+    backend = BACKENDS[name](clock, aging)
     yield backend
     if isinstance(backend, RedisQueue):
         await backend.purge()
     await backend.close()
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def queue(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[JobQueue]:
+    """A backend as the default settings order it."""
+    async for backend in _backend(request.param, clock, DEFAULTS):
+        yield backend
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def strict(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[JobQueue]:
+    """A backend in strict finish-tag order within a lane (no size slack)."""
+    async for backend in _backend(request.param, clock, STRICT):
+        yield backend
 
 
 def make_job(
@@ -319,11 +337,12 @@ async def test_fair_share_across_users_by_weight(queue: JobQueue) -> None:
     assert order[6:] == ["f2", "f3", "f4", "f5"]
 
 
-async def test_fair_share_counts_cost(queue: JobQueue) -> None:
+async def test_fair_share_counts_cost(strict: JobQueue) -> None:
     """The order is size-aware and fair: the other user's cheap jobs go before an
     expensive job enqueued earlier, until their service catches up with its finish tag
     (small0..2 end at 1, 2, 3; big1 at 4 ties small3 and was enqueued first), and the
     expensive user's second job waits for its own first."""
+    queue = strict
     await queue.enqueue(make_job("big1", user_id=1, cost_s=4.0))
     await queue.enqueue(make_job("big2", user_id=1, cost_s=4.0))
     for i in range(4):
@@ -331,10 +350,34 @@ async def test_fair_share_counts_cost(queue: JobQueue) -> None:
     assert await claim_all(queue) == ["small0", "small1", "small2", "big1", "small3", "big2"]
 
 
-async def test_a_users_cheap_job_goes_before_their_own_costly_ones(queue: JobQueue) -> None:
+async def test_the_cheapest_job_within_the_size_slack_goes_first(queue: JobQueue) -> None:
+    """By default the lane serves, of the jobs whose finish tag is within the slack
+    (30 virtual seconds) of the first one's, the cheapest: the second user's quick jobs
+    (tags 1..4) and then their 16 s job (tag 20, cost 16) go before the first user's
+    20 s one (tag 20, enqueued first)."""
+    await queue.enqueue(make_job("long", user_id=1, cost_s=20.0))
+    for i in range(4):
+        await queue.enqueue(make_job(f"q{i}", user_id=2, cost_s=1.0))
+    await queue.enqueue(make_job("mid", user_id=2, cost_s=16.0))
+    assert await claim_all(queue) == ["q0", "q1", "q2", "q3", "mid", "long"]
+
+
+async def test_the_size_slack_bounds_how_far_a_user_falls_behind(queue: JobQueue) -> None:
+    """A cheaper job goes first only while its finish tag is within the slack of the
+    first one's: "quick" (tag 3 / 0.1 = 30) passes "other" (tag 10), "slow" (tag 50)
+    does not, though it costs half as much. Strict order would serve "other" first;
+    no slack bound would serve "slow" before it."""
+    await queue.enqueue(make_job("other", user_id=1, cost_s=10.0))
+    await queue.enqueue(make_job("slow", user_id=2, tier="t", cost_s=5.0, weight=0.1))
+    await queue.enqueue(make_job("quick", user_id=3, tier="t", cost_s=3.0, weight=0.1))
+    assert await claim_all(queue) == ["quick", "other", "slow"]
+
+
+async def test_a_users_cheap_job_goes_before_their_own_costly_ones(strict: JobQueue) -> None:
     """Within one user's queued jobs the cheapest goes first, and the user's share is
     unchanged: the other user's jobs interleave exactly as they would have (user 1's
     tags are laid out again from 0 as q 1, big 5, big2 9; user 2's are 2, 4, 6)."""
+    queue = strict
     await queue.enqueue(make_job("big", user_id=1, cost_s=4.0))
     await queue.enqueue(make_job("big2", user_id=1, cost_s=4.0))
     for i in range(3):
