@@ -255,8 +255,11 @@ class Simulator:
     def _joins(self, job: SimJob) -> bool:
         """Whether ``job`` may join the running batch of its shape: realtime and aged
         work always, other work while batching still pays (``batch_min_gain``)."""
-        if job.rank <= rank(Lane.REALTIME, False):
-            return True
+        return job.rank <= rank(Lane.REALTIME, False) or self.batching_pays(job)
+
+    def batching_pays(self, job: SimJob) -> bool:
+        """Whether ``job`` joining the running batch saves ``batch_min_gain`` of the
+        device time (by the step model)."""
         width, height = job.shape
         return batching_pays(
             lambda rows: self.device.step_model.step_s(rows, width, height),
@@ -356,6 +359,7 @@ def fair_estimator(
                 device.capacity_rows,
                 rules,
                 device.pause_rows,
+                joins=wanted.rank <= rank(Lane.REALTIME, False) or simulator.batching_pays(job),
             )
             # The current step is part way through: count it as half done.
             delay_s = step_s * (steps - 0.5)

@@ -202,16 +202,20 @@ def steps_until_start(
     capacity_rows: int,
     rules: Rules,
     pause_rows: int = 0,
+    *,
+    joins: bool = True,
 ) -> int:
     """Steps the running batch takes before ``waiting`` can start, by the same rules as
     :func:`victims`, if nothing else arrives: 0 for an idle device, 1 when it joins the
     batch or may preempt it at the next boundary, more while jobs in its way are
-    protected by ``min_steps`` or cannot be preempted at all."""
+    protected by ``min_steps`` or cannot be preempted at all. Without ``joins`` (the
+    batch would not gain by growing) it waits for the whole batch, as for another
+    shape."""
     if not running:
         return 0
     pause = pause_rows >= sum(job.rows for job in running)
     gone = sorted((job.steps_until_gone(waiting, rules, pause=pause), job.rows) for job in running)
-    if running[0].shape != waiting.shape:
+    if running[0].shape != waiting.shape or not joins:
         return max(1, gone[-1][0])
     free = capacity_rows - sum(job.rows for job in running)
     if free >= waiting.rows:

@@ -643,12 +643,16 @@ class DeviceWorker:
             shape_of(self._catalog.resolve(job.spec)),
             job.cost_s,
         )
+        joins = self.config.joins
         steps = steps_until_start(
             wanted,
             [f.as_running() for f in running],
             self.config.capacity_rows,
             self.config.preemption,
             self.config.pause_rows,
+            joins=joins is None
+            or wanted.rank <= rank(Lane.REALTIME, False)
+            or joins(wanted.shape, sum(f.rows for f in running), wanted.rows),
         )
         return steps * self.step_s
 

@@ -205,3 +205,13 @@ def test_a_job_of_another_shape_waits_unless_every_running_job_may_make_way() ->
     assert not victims(
         wanted, [big, running("tiny", Lane.REALTIME, left_s=1.0)], 16, PAUSING, pause_rows=16
     )
+
+
+def test_a_job_that_would_not_join_waits_for_the_whole_batch() -> None:
+    """With room in the batch a job starts at the next boundary; when the batch would
+    not gain by growing (``joins`` False) it waits, as for another shape, until every
+    running job is gone."""
+    wanted = Candidate("b", rank(Lane.BATCH, False), 8, "1024", 5.0)
+    batch = [running("x", Lane.BATCH, rows=8, left=12), running("y", Lane.BATCH, rows=4, left=30)]
+    assert steps_until_start(wanted, batch, 32, OFF) == 1
+    assert steps_until_start(wanted, batch, 32, OFF, joins=False) == 30
