@@ -167,13 +167,14 @@ def started_after_finish(events: list[JobEvent], late: str, early: str) -> bool:
 async def test_no_preemption_when_disabled(rig: Rig) -> None:
     """With preemption off, the realtime job waits for the background job to finish."""
     long_id = await start_long(rig)
-    follow = asyncio.create_task(events_of(rig, {long_id}))
+    short_id = rig.service.new_job_id()
+    follow = asyncio.create_task(events_of(rig, {long_id, short_id}))
     await asyncio.sleep(0)
-    short = await rig.service.submit(short_job(), user_id=1)
-    events = await follow + await events_of(rig, {short.id})
+    await rig.service.submit(short_job(), user_id=1, job_id=short_id)
+    events = await follow
     assert not any(e.kind is EventKind.PREEMPTED for e in events)
     assert rig.worker.preemptions == 0
-    assert started_after_finish(events, short.id, long_id)
+    assert started_after_finish(events, short_id, long_id)
 
 
 @pytest.mark.parametrize("rules", [Rules(enabled=True, min_steps=2, max_per_job=1)])
