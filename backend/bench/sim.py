@@ -58,7 +58,6 @@ from backend.scheduling.preemption import (
 from config.settings import SchedulerSettings
 
 GUIDANCE = 7.0
-AGED = rank(Lane.REALTIME, aged=True)
 MODEL = "sim"
 BUSY_BUCKET_S = 60.0
 
@@ -247,10 +246,6 @@ class Simulator:
             key=lambda one: (self.dispatcher.urgency(one), remaining_s(one), one.started_seq),
         )
         paused.rank = self.dispatcher.urgency(paused)
-        if head is not None and head.rank == AGED:
-            # A paused job has waited too: against aged work it counts as aged, so the
-            # aged job goes first only if smaller (no pile of partly done jobs).
-            paused.rank = AGED
         if head is not None and yields(
             _running(paused, paused.rank), _candidate(head), self.rules, pause=True
         ):

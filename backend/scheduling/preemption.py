@@ -2,12 +2,14 @@
 and whether each is paused in place or evicted.
 
 Pure: the worker (and the scheduler benchmark) describe the device and the waiting
-job, and get back a :class:`Plan`. A job makes way for one of a more urgent rank (an
-aged job, then lanes in order), or, within one rank, for a smaller job: shortest
-remaining work first among equals. Pausing costs nothing, so a job is paused for any
-job with less work than it has left (``pause_ratio`` 1); evicting costs a checkpoint
-round trip, so a job is evicted only for one at least ``size_ratio`` times smaller, a
-margin that keeps jobs of similar size from trading places through the store.
+job, and get back a :class:`Plan`. A job makes way for one of a more urgent lane, or,
+within one rank, for a smaller job: shortest remaining work first among equals. An
+aged job outranks every waiting one, but a job already taken (running, paused or
+held) counts as aged against it and makes way only for a smaller one. Pausing costs
+nothing, so a job is paused for any job with less work than it has left
+(``pause_ratio`` 1); evicting costs a checkpoint round trip, so a job is evicted only
+for one at least ``size_ratio`` times smaller, a margin that keeps jobs of similar
+size from trading places through the store.
 
 A job that makes way is *paused* when the device has room to keep it (its latents
 stay in device memory; nothing is saved, and it resumes at a later boundary on the
@@ -30,9 +32,12 @@ if TYPE_CHECKING:
     from config.settings import SchedulerSettings
 
 
+AGED_RANK = 0
+
+
 def rank(lane: Lane, aged: bool) -> int:
     """Lower is more urgent: an aged job of any lane, then lanes in order."""
-    return 0 if aged else 1 + LANE_ORDER.index(lane)
+    return AGED_RANK if aged else 1 + LANE_ORDER.index(lane)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +116,11 @@ def yields(job: Running, waiting: Candidate, rules: Rules, *, pause: bool = Fals
     """Whether ``job`` should make way for ``waiting`` (movability aside): ``waiting``
     has a more urgent rank, or the same rank and at most 1/``size_ratio`` of the work
     ``job`` has left; with ``pause`` (making way costs nothing: paused in place, or
-    not started), less than 1/``pause_ratio`` of it."""
-    if job.rank != waiting.rank:
+    not started), less than 1/``pause_ratio`` of it. Against an aged job, a job already
+    taken from the queue counts as aged too (it has waited as well): aged work then
+    takes the device from it only by being smaller, so partly done jobs do not pile
+    up paused, nor trade places with it at every boundary."""
+    if job.rank != waiting.rank and waiting.rank != AGED_RANK:
         return job.rank > waiting.rank
     if waiting.cost_s <= 0:
         return False

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from backend.models import Job, JobSpec
 from backend.queue.base import Head, Lease
@@ -141,12 +141,7 @@ def most_urgent(
             job.cost_s,
         )
         # The head goes first by the rule that would pause a running job for it (the
-        # held one makes way at no cost: it is paused, or not started). A paused job
-        # has waited too: against aged work it counts as aged, so the aged job goes
-        # first only if smaller (no pile of partly done jobs).
-        held_job = None if first is None else first.as_running()
-        if first is not None and first.paused and head.aged:
-            held_job = replace(first.as_running(), rank=queued.rank)
-        if held_job is None or yields(held_job, queued, rules, pause=True):
+        # held one makes way at no cost: it is paused, or not started).
+        if first is None or yields(first.as_running(), queued, rules, pause=True):
             return queued
     return None if first is None else first.as_candidate()

@@ -215,3 +215,18 @@ def test_a_job_that_would_not_join_waits_for_the_whole_batch() -> None:
     batch = [running("x", Lane.BATCH, rows=8, left=12), running("y", Lane.BATCH, rows=4, left=30)]
     assert steps_until_start(wanted, batch, 32, OFF) == 1
     assert steps_until_start(wanted, batch, 32, OFF, joins=False) == 30
+
+
+def test_against_aged_work_a_started_job_counts_as_aged() -> None:
+    """An aged job takes the device from a running one only by being smaller (it would
+    otherwise pause it, see it resume as the smaller of the two, and pause it again at
+    every boundary); against waiting work it still outranks every lane."""
+    busy = running("busy", Lane.REALTIME, shape="512", left_s=2.0)
+    aged_big = Candidate("big", rank(Lane.BATCH, True), 8, "1024", 10.0)
+    aged_small = Candidate("small", rank(Lane.BATCH, True), 8, "1024", 1.0)
+    assert not victims(aged_big, [busy], 16, PAUSING, pause_rows=8)
+    assert victims(aged_small, [busy], 16, PAUSING, pause_rows=8).pause == ["busy"]
+    # An unaged realtime job still takes the device from a batch job of any size.
+    batch = running("batch", Lane.BATCH, shape="512", left_s=1.0)
+    realtime = Candidate("rt", rank(Lane.REALTIME, False), 8, "1024", 10.0)
+    assert victims(realtime, [batch], 16, PAUSING, pause_rows=8).pause == ["batch"]
