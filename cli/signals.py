@@ -16,6 +16,7 @@ import atexit
 import contextlib
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -89,11 +90,13 @@ class _Stopper:
         self.interrupted = False  # the signal came while the block ran
         self.cancelled = False  # the block's task was cancelled for it
         self._exit_status: int | None = None
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
 
     def install(self) -> None:
         """Handle the stop signals here, keeping the handlers they replace."""
         for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._on_signal)
+        self._wake_on_signals()
         atexit.register(self._skip_teardown)
 
     def restore(self) -> None:
@@ -102,6 +105,33 @@ class _Stopper:
         for signum, handler in self._previous.items():
             # None: set outside Python; the default is the best that can be restored.
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        if self._wakeup is not None:
+            reader, writer = self._wakeup
+            self._wakeup = None
+            signal.set_wakeup_fd(-1)
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(reader.fileno())
+            reader.close()
+            writer.close()
+
+    def _wake_on_signals(self) -> None:
+        """Have every signal wake the loop. A handler runs between two bytecodes, so a
+        signal that lands just before the loop blocks in its selector (after the last
+        check, before the system call) would otherwise wait there for the next event:
+        a second Ctrl-C could go unanswered while the loop sleeps. Python writes each
+        signal's number to the wakeup fd; the loop watches its other end. Where a wakeup
+        fd is set already (asyncio's own signal handling), that one serves."""
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        if previous != -1:
+            signal.set_wakeup_fd(previous)
+            reader.close()
+            writer.close()
+            return
+        self._loop.add_reader(reader.fileno(), _drain, reader)
+        self._wakeup = (reader, writer)
 
     def uncancel(self) -> None:
         """Withdraw the cancellation this stopper asked for (it has been turned into an
@@ -160,6 +190,13 @@ class _Stopper:
         if not self.leaving and self._task is not None:
             self.cancelled = True
             self._task.cancel()
+
+
+def _drain(reader: socket.socket) -> None:
+    """Empty the wakeup socket (the signal's handler has run, or runs next)."""
+    with contextlib.suppress(OSError):
+        while reader.recv(4096):
+            pass
 
 
 def _say(line: str) -> None:
