@@ -163,15 +163,21 @@ def started_after_finish(events: list[JobEvent], late: str, early: str) -> bool:
     return kinds.index((late, EventKind.STARTED)) > kinds.index((early, EventKind.SUCCEEDED))
 
 
+async def beside_long(rig: Rig, spec: JobSpec) -> tuple[str, str, list[JobEvent]]:
+    """Start a long background job, submit ``spec`` while it runs, and return both ids
+    and every event of the two (followed from before the submission) until both end."""
+    long_id = await start_long(rig)
+    job_id = rig.service.new_job_id()
+    follow = asyncio.create_task(events_of(rig, {long_id, job_id}))
+    await asyncio.sleep(0)
+    await rig.service.submit(spec, user_id=1, job_id=job_id)
+    return long_id, job_id, await follow
+
+
 @pytest.mark.parametrize("rules", [Rules(enabled=False, min_steps=2, max_per_job=10)])
 async def test_no_preemption_when_disabled(rig: Rig) -> None:
     """With preemption off, the realtime job waits for the background job to finish."""
-    long_id = await start_long(rig)
-    short_id = rig.service.new_job_id()
-    follow = asyncio.create_task(events_of(rig, {long_id, short_id}))
-    await asyncio.sleep(0)
-    await rig.service.submit(short_job(), user_id=1, job_id=short_id)
-    events = await follow
+    long_id, short_id, events = await beside_long(rig, short_job())
     assert not any(e.kind is EventKind.PREEMPTED for e in events)
     assert rig.worker.preemptions == 0
     assert started_after_finish(events, short_id, long_id)
@@ -357,10 +363,5 @@ async def test_background_work_waits_for_a_batch_that_would_not_gain_by_growing(
 @pytest.mark.parametrize("rules", [Rules(enabled=False, min_steps=2, max_per_job=10)])
 async def test_background_work_joins_a_batch_whenever_it_fits_by_default(rig: Rig) -> None:
     """Without a batching rule, a background job of the running shape joins at once."""
-    long_id = await start_long(rig)
-    twin_id = rig.service.new_job_id()
-    follow = asyncio.create_task(events_of(rig, {long_id, twin_id}))
-    await asyncio.sleep(0)
-    await rig.service.submit(relax_twin(7), user_id=1, job_id=twin_id)
-    events = await follow
+    long_id, twin_id, events = await beside_long(rig, relax_twin(7))
     assert started_before_finish(events, twin_id, long_id)
