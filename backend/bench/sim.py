@@ -50,6 +50,7 @@ from backend.scheduling.preemption import (
     Candidate,
     Rules,
     Running,
+    joins_when_it_fits,
     rank,
     steps_until_start,
     victims,
@@ -252,14 +253,12 @@ class Simulator:
             return head, False
         return paused, True
 
-    def _joins(self, job: SimJob) -> bool:
-        """Whether ``job`` may join the running batch of its shape: realtime and aged
-        work always, other work while batching still pays (``batch_min_gain``)."""
-        return job.rank <= rank(Lane.REALTIME, False) or self.batching_pays(job)
-
-    def batching_pays(self, job: SimJob) -> bool:
-        """Whether ``job`` joining the running batch saves ``batch_min_gain`` of the
-        device time (by the step model)."""
+    def joins(self, job: SimJob, job_rank: int) -> bool:
+        """Whether ``job``, of ``job_rank``, may join the running batch of its shape:
+        realtime and aged work always, other work while joining saves
+        ``batch_min_gain`` of the device time (by the step model)."""
+        if joins_when_it_fits(job_rank):
+            return True
         width, height = job.shape
         return batching_pays(
             lambda rows: self.device.step_model.step_s(rows, width, height),
@@ -278,7 +277,7 @@ class Simulator:
                     break
                 if sum(job.rows for job in self._running) + head.rows > capacity:
                     break
-                if not self._joins(head):
+                if not self.joins(head, head.rank):
                     break
             if paused:
                 self._paused.remove(head)
@@ -359,7 +358,7 @@ def fair_estimator(
                 device.capacity_rows,
                 rules,
                 device.pause_rows,
-                joins=wanted.rank <= rank(Lane.REALTIME, False) or simulator.batching_pays(job),
+                joins=simulator.joins(job, wanted.rank),
             )
             # The current step is part way through: count it as half done.
             delay_s = step_s * (steps - 0.5)

@@ -40,6 +40,13 @@ def rank(lane: Lane, aged: bool) -> int:
     return AGED_RANK if aged else 1 + LANE_ORDER.index(lane)
 
 
+def joins_when_it_fits(job_rank: int) -> bool:
+    """Whether work of ``job_rank`` joins a running batch of its shape whenever there is
+    room (realtime and aged work); other work joins only while batching still pays
+    (``scheduler.batch_min_gain``)."""
+    return job_rank <= rank(Lane.REALTIME, aged=False)
+
+
 @dataclass(frozen=True, slots=True)
 class Rules:
     """Anti-thrashing: a job runs ``min_steps`` between two preemptions, and is

@@ -46,7 +46,13 @@ from backend.events.base import EventBus, EventKind, JobEvent
 from backend.grid import encode_png, make_grid
 from backend.models import Job, Lane
 from backend.queue.base import EVERYTHING, ClaimFilter, JobQueue, Lease, LostBecause
-from backend.scheduling.preemption import Candidate, Rules, rank, steps_until_start
+from backend.scheduling.preemption import (
+    Candidate,
+    Rules,
+    joins_when_it_fits,
+    rank,
+    steps_until_start,
+)
 from backend.tasks import final, settle, stop, supervise, wait_set
 from backend.worker.flight import Flight, rows_of, shape_of, victims_for
 from backend.worker.heartbeat import Heartbeat
@@ -371,7 +377,7 @@ class DeviceWorker:
         start it at once, or for this one once its batch ends."""
         config = self.config
         allow = config.allow()
-        running = [f for f in self._flights.values() if f.running and not f.stopping]
+        running = self._batch()
         if config.joins is None or not running:
             return allow, config.poll_s
         rows = sum(f.rows for f in running)
@@ -379,7 +385,7 @@ class DeviceWorker:
             return allow, config.poll_s
         async with asyncio.timeout(PEEK_CALL_S):
             head = await self._queue.peek(allow)
-        if head is not None and (head.aged or head.job.lane is Lane.REALTIME):
+        if head is not None and joins_when_it_fits(rank(head.job.lane, head.aged)):
             return allow, config.poll_s
         steps_left = min(max(1, (f.lease.job.spec.steps or 1) - f.done_steps) for f in running)
         wait_s = min(config.poll_s, max(steps_left * self.step_s, MIN_SCOPED_WAIT_S))
@@ -633,7 +639,7 @@ class DeviceWorker:
     def start_delay_s(self, job: Job, *, aged: bool = False) -> float:
         """Seconds until this device could take ``job`` at a step boundary, by the
         preemption rules, if nothing else arrives (0 when it is idle)."""
-        running = [f for f in self._flights.values() if f.running and not f.stopping]
+        running = self._batch()
         if not running:
             return 0.0
         wanted = Candidate(
@@ -643,16 +649,13 @@ class DeviceWorker:
             shape_of(self._catalog.resolve(job.spec)),
             job.cost_s,
         )
-        joins = self.config.joins
         steps = steps_until_start(
             wanted,
             [f.as_running() for f in running],
             self.config.capacity_rows,
             self.config.preemption,
             self.config.pause_rows,
-            joins=joins is None
-            or wanted.rank <= rank(Lane.REALTIME, False)
-            or joins(wanted.shape, sum(f.rows for f in running), wanted.rows),
+            joins=self._may_join(wanted, running),
         )
         return steps * self.step_s
 
@@ -671,7 +674,7 @@ class DeviceWorker:
     async def _preempt_for_urgent(self) -> None:
         if self._resume_if_idle():
             return
-        if not any(f.running and not f.stopping for f in self._flights.values()):
+        if not self._batch():
             return
         async with asyncio.timeout(PEEK_CALL_S):
             head = await self._queue.peek(self.config.allow())
@@ -701,16 +704,24 @@ class DeviceWorker:
         """Whether ``waiting`` could join the running batch at the next boundary: it
         has the batch's shape, there is room, and for work below the realtime lane,
         batching still pays."""
-        running = [f for f in self._flights.values() if f.running and not f.stopping]
+        running = self._batch()
         if any(f.shape != waiting.shape for f in running):
             return False
-        rows = sum(f.rows for f in running)
-        if rows + waiting.rows > self.config.capacity_rows:
+        if sum(f.rows for f in running) + waiting.rows > self.config.capacity_rows:
             return False
+        return self._may_join(waiting, running)
+
+    def _batch(self) -> list[Flight]:
+        """The held jobs taking steps in the engine's running batch."""
+        return [f for f in self._flights.values() if f.running and not f.stopping]
+
+    def _may_join(self, waiting: Candidate, running: list[Flight]) -> bool:
+        """Whether ``waiting`` may join the running batch by the batching rule:
+        realtime and aged work always, other work while batching still pays."""
         joins = self.config.joins
-        if not running or joins is None or waiting.rank <= rank(Lane.REALTIME, False):
+        if not running or joins is None or joins_when_it_fits(waiting.rank):
             return True
-        return joins(waiting.shape, rows, waiting.rows)
+        return joins(waiting.shape, sum(f.rows for f in running), waiting.rows)
 
     async def _succeed(self, job: Job, samples: list[Image.Image], flight: Flight) -> None:
         config = self.config
