@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +49,12 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def open_rig(
-    tmp_path: Path, redis: PrivateRedis, *, lease_s: float, step_s: float = 0.01
+    tmp_path: Path,
+    redis: PrivateRedis,
+    *,
+    lease_s: float,
+    step_s: float = 0.01,
+    joins: Callable[[Hashable, int, int], bool] | None = None,
 ) -> AsyncIterator[Rig]:
     settings = load_settings()
     catalog = ModelCatalog(settings)
@@ -62,7 +67,7 @@ async def open_rig(
             )
             ledger = SqliteLedger(db, ImageStore(tmp_path / "img"))
             rules = Rules(enabled=False, min_steps=2, max_per_job=10)
-            config = WorkerConfig("w1", rules, lease_s=lease_s, poll_s=0.05)
+            config = WorkerConfig("w1", rules, lease_s=lease_s, poll_s=0.05, joins=joins)
             engine = functools.partial(StepTimedEngine, step_s=step_s)
             worker = DeviceWorker(config, queue, engine, catalog, ledger, events)
             await db.users.ensure(1)
@@ -153,6 +158,29 @@ async def test_a_redis_outage_shorter_than_the_lease_leaves_the_job_running(
         assert not any(event.kind is EventKind.PREEMPTED for event in events)
         row = await rig.db.jobs.get(job_id)
         assert row is not None and row.state == "succeeded" and row.attempts == 1
+
+
+async def test_a_redis_outage_while_claims_are_scoped_to_realtime_work(
+    tmp_path: Path, private_redis: PrivateRedis
+) -> None:
+    """While its batch would not gain by growing, the worker peeks at the queue before
+    each claim; Redis stopped then (within the lease) costs no job: the running one
+    finishes in its first attempt, and a job queued after the outage runs too."""
+
+    def never_pays(shape: Hashable, running_rows: int, rows: int) -> bool:
+        return False
+
+    async with open_rig(tmp_path, private_redis, lease_s=3.0, joins=never_pays) as rig:
+        job_id, subscription = await start_job(rig, steps=250)
+        private_redis.stop(keep_data=True)
+        await asyncio.sleep(1.2)
+        private_redis.start()
+        events = await events_until_final(subscription)
+        assert events[-1].kind is EventKind.SUCCEEDED
+        row = await rig.db.jobs.get(job_id)
+        assert row is not None and row.state == "succeeded" and row.attempts == 1
+        _, after = await start_job(rig, steps=5)
+        assert (await events_until_final(after))[-1].kind is EventKind.SUCCEEDED
 
 
 async def test_a_redis_outage_longer_than_the_lease_resumes_the_job_from_its_checkpoint(
