@@ -189,13 +189,14 @@ def trace_targets(
     policies: Mapping[str, Mapping[str, Any]],
     family: Family | None,
     flood_ratio: float | None = None,
+    subject: str = SUBJECT,
 ) -> dict[str, dict[str, Any]]:
-    """The issue's targets for ``ours`` on one trace: short-class p99 wait at least 10x
-    FIFO's where long jobs cost 20x or more and within 10% of the best baseline's;
-    long mean completion at most 1.2x FIFO's; Jain at least 0.95; under 300
-    preemptions (evictions) per 1,000 jobs at load 0.85; a flooding user raising the
-    other users' p99 wait by at most 20% (``flood_ratio``, where there is one)."""
-    ours = policies.get(SUBJECT)
+    """The issue's targets for ``subject`` (``ours``) on one trace: short-class p99 wait
+    at least 10x FIFO's where long jobs cost 20x or more and within 10% of the best
+    other policy's; long mean completion at most 1.2x FIFO's; Jain at least 0.95; under
+    300 preemptions (evictions) per 1,000 jobs at load 0.85; a flooding user raising
+    the other users' p99 wait by at most 20% (``flood_ratio``, where there is one)."""
+    ours = policies.get(subject)
     if ours is None:
         return {}
     found: dict[str, dict[str, Any]] = {}
@@ -205,13 +206,13 @@ def trace_targets(
             ok = value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
             found[name] = {"value": round(value, 4), "target": f"{op} {bound:g}", "ok": ok}
 
-    gain = short_gain(policies, SUBJECT)
+    gain = short_gain(policies, subject)
     if family is None or family.cost_ratio >= 20:
         add("short_p99_gain_vs_fifo", gain, ">=", 10)
     baselines = [
         figures["short_p99_wait_s"]
         for name, figures in policies.items()
-        if name != SUBJECT and figures["short_p99_wait_s"] is not None
+        if name != subject and figures["short_p99_wait_s"] is not None
     ]
     if baselines and ours["short_p99_wait_s"] is not None:
         best = max(min(baselines), 1e-3)
@@ -350,8 +351,46 @@ def run_sweep(
         "sweep": {"jobs_per_trace": config.jobs, "seed": config.seed, "traces": len(traces)},
         "axes": _axis_summary(traces, axes),
         "misses": _misses(traces),
+        "feasibility": feasibility(traces),
         "traces": traces,
     }
+
+
+def feasibility(traces: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Whether any policy meets the targets, each policy judged as ``ours`` is (against
+    FIFO and the best of the others), on the figures of one replay; the flood target,
+    which needs a replay without the flooder per policy, is left out.
+
+    ``meets_all``: per policy, the traces on which it meets every such target at once;
+    ``none_meets_all``: the traces on which no policy does; ``none_meets``: per target,
+    the traces on which no policy meets it even alone. A target no policy reaches on a
+    trace, or a set of targets none reaches together, bounds what ours can be asked
+    there by the policies at hand; it is not a proof that no policy could.
+    """
+    meets_all: dict[str, int] = {}
+    none_meets_all: list[str] = []
+    none_meets: dict[str, list[str]] = {}
+    for trace in traces:
+        family = None if trace["family"] is None else Family(**trace["family"])
+        judged = {
+            policy: {
+                name: target["ok"]
+                for name, target in trace_targets(trace["policies"], family, None, policy).items()
+            }
+            for policy in trace["policies"]
+        }
+        winners = [policy for policy, found in judged.items() if found and all(found.values())]
+        for policy in judged:
+            meets_all.setdefault(policy, 0)
+        for policy in winners:
+            meets_all[policy] += 1
+        if not winners:
+            none_meets_all.append(trace["name"])
+        for name in dict.fromkeys(name for found in judged.values() for name in found):
+            none_meets.setdefault(name, [])
+            if not any(found.get(name, False) for found in judged.values()):
+                none_meets[name].append(trace["name"])
+    return {"meets_all": meets_all, "none_meets_all": none_meets_all, "none_meets": none_meets}
 
 
 def _misses(traces: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:

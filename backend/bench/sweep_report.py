@@ -66,6 +66,8 @@ def sweep_markdown(result: Mapping[str, Any]) -> str:
         header = ["trace", "policy", *(t for _, t in _TRACE_COLUMNS), "short SLO 2x", "long SLO 2x"]
         parts.append("Trace files:\n\n" + _table(header, rows, text_columns=2))
     parts.append(misses_markdown(result))
+    if "feasibility" in result:
+        parts.append(feasibility_markdown(result))
     return "\n\n".join(parts) + "\n"
 
 
@@ -80,6 +82,24 @@ def misses_markdown(result: Mapping[str, Any]) -> str:
         rows.append([name, str(checked), str(len(misses)), worst + more])
     return f"Targets of {SUBJECT}:\n\n" + _table(
         ["target", "traces", "missed", "misses (value)"], rows, text_columns=1
+    )
+
+
+def feasibility_markdown(result: Mapping[str, Any]) -> str:
+    """Per target: the traces ``ours`` misses it on, and those no policy meets it on;
+    then, per policy, the traces on which it meets every target at once (each policy
+    judged as ``ours`` is; the flood target aside)."""
+    found = result["feasibility"]
+    rows = []
+    for name, none in found["none_meets"].items():
+        missed = len(result["misses"].get(name, []))
+        rows.append([name, str(missed), str(len(none))])
+    table = _table(["target", f"missed by {SUBJECT}", "met by no policy"], rows, text_columns=1)
+    together = ", ".join(f"{policy} {count}" for policy, count in found["meets_all"].items())
+    return (
+        "Feasibility (each policy judged as ours is, on its own replay; flood target "
+        f"aside):\n\n{table}\n\nTraces on which a policy meets every target at once: "
+        f"{together}; no policy: {len(found['none_meets_all'])} of {result['sweep']['traces']}."
     )
 
 

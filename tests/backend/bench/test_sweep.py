@@ -15,6 +15,7 @@ from backend.bench.sweep import (
     Family,
     SweepConfig,
     family_trace,
+    feasibility,
     flood_effect,
     grid,
     run_sweep,
@@ -105,22 +106,23 @@ def test_targets_apply_where_the_issue_sets_them(tiny_sweep: dict) -> None:  # t
         assert {miss["trace"] for miss in misses} == failing
 
 
+def _figures(p99: float, long_mean: float, jain: float, pre: float = 0) -> dict:  # type: ignore[type-arg]
+    """A policy's figures on one trace, as far as the targets read them."""
+    return {
+        "short_p99_wait_s": p99,
+        "long_mean_completion_s": long_mean,
+        "jain": jain,
+        "preemptions_per_1000": pre,
+    }
+
+
 def test_trace_targets_compare_against_fifo_and_the_best_baseline() -> None:
     """Ours at 1 s short p99 against FIFO's 20 s and SRPT's 0.5 s: the 10x gain holds,
     the best-baseline bound fails; long completion and Jain are checked."""
-
-    def figures(p99: float, long_mean: float, jain: float, pre: float) -> dict:  # type: ignore[type-arg]
-        return {
-            "short_p99_wait_s": p99,
-            "long_mean_completion_s": long_mean,
-            "jain": jain,
-            "preemptions_per_1000": pre,
-        }
-
     policies = {
-        "fifo": figures(20.0, 100.0, 0.9, 0),
-        "srpt": figures(0.5, 110.0, 0.9, 500),
-        "ours": figures(1.0, 130.0, 0.97, 350),
+        "fifo": _figures(20.0, 100.0, 0.9),
+        "srpt": _figures(0.5, 110.0, 0.9, 500),
+        "ours": _figures(1.0, 130.0, 0.97, 350),
     }
     found = trace_targets(policies, Family(0.8, 20, True, 0.85, "free"))
     assert found["short_p99_gain_vs_fifo"]["ok"] and found["short_p99_gain_vs_fifo"]["value"] == 20
@@ -131,6 +133,39 @@ def test_trace_targets_compare_against_fifo_and_the_best_baseline() -> None:
     assert "flood_other_p99_ratio" not in found
     flooded = trace_targets(policies, Family(0.8, 20, True, 0.85, "flood"), 1.5)
     assert flooded["flood_other_p99_ratio"] == {"value": 1.5, "target": "<= 1.2", "ok": False}
+
+
+def test_feasibility_judges_every_policy_as_ours_is() -> None:
+    """On ``easy`` SRPT and ours meet every target; on ``hard`` no policy reaches Jain
+    0.95, ours is too slow for long jobs and SRPT for short ones, so no policy meets
+    them all; FIFO never gains 10x on itself."""
+    family = {
+        "short_fraction": 0.8,
+        "cost_ratio": 20,
+        "shared_shape": True,
+        "load": 0.85,
+        "mix": "free",
+    }
+    easy = {
+        "fifo": _figures(20.0, 100.0, 0.96),
+        "srpt": _figures(1.0, 110.0, 0.97),
+        "ours": _figures(1.0, 105.0, 0.98),
+    }
+    hard = {
+        "fifo": _figures(20.0, 100.0, 0.9),
+        "srpt": _figures(3.0, 110.0, 0.9),
+        "ours": _figures(1.0, 130.0, 0.94),
+    }
+    traces = [
+        {"name": "easy", "family": family, "policies": easy},
+        {"name": "hard", "family": family, "policies": hard},
+    ]
+    found = feasibility(traces)
+    assert found["meets_all"] == {"fifo": 0, "srpt": 1, "ours": 1}
+    assert found["none_meets_all"] == ["hard"]
+    assert found["none_meets"]["jain"] == ["hard"]
+    assert found["none_meets"]["short_p99_gain_vs_fifo"] == []
+    assert found["none_meets"]["long_mean_vs_fifo"] == []
 
 
 def test_flood_effect_replays_the_trace_without_the_flooder(model: StepModel) -> None:
@@ -160,7 +195,7 @@ def test_report_has_a_table_per_axis_and_heat_maps(tiny_sweep: dict, tmp_path: P
     text = sweep_markdown(tiny_sweep)
     for axis in AXES:
         assert f"By {axis}:" in text
-    assert "Trace files:" in text and "Targets of ours:" in text
+    assert "Trace files:" in text and "Targets of ours:" in text and "Feasibility" in text
     written = write_sweep_report(tmp_path, tiny_sweep)
     for name in ("heat_short_gain.png", "heat_slo.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
