@@ -23,7 +23,7 @@ from backend.degrade.loadwatch import LoadWatcher
 from backend.errors import BadInputError, QueueUnavailableError
 from backend.events import EventBus, make_event_bus
 from backend.models import Lane
-from backend.operations import Parts, load_paused_lanes
+from backend.operations import LanePauses, Parts
 from backend.queue import JobQueue, RedisQueue, make_queue
 from backend.scheduling.fairness import ClaimFilter
 from backend.scheduling.lanes import CostModel, batching_pays
@@ -69,9 +69,9 @@ class Backend:
     events: EventBus
     service: GenerationService
     degrade: DegradeController
-    workers: list[DeviceWorker] = field(default_factory=list)
     # Lanes an admin paused: their queued jobs stay queued and nothing of them starts.
-    paused_lanes: set[Lane] = field(default_factory=set)
+    pauses: LanePauses
+    workers: list[DeviceWorker] = field(default_factory=list)
     # The model registry of each local device (admin model load and unload).
     registries: list[ModelRegistry] = field(default_factory=list)
     # What :meth:`stop` gives running jobs by default; :meth:`interrupt` sets it to 0.
@@ -93,8 +93,13 @@ class Backend:
             self.catalog,
             self.workers,
             self.registries,
-            self.paused_lanes,
+            self.pauses,
         )
+
+    @property
+    def paused_lanes(self) -> set[Lane]:
+        """The lanes an admin paused, as this process follows them."""
+        return self.pauses.lanes
 
     def claim_filter(self) -> ClaimFilter:
         """What this process's devices may start now: the degradation level's filter
@@ -194,8 +199,9 @@ async def open_backend(settings: Settings, *, local_worker: bool = True) -> Asyn
                 settings.queue.lease_s if settings.queue.backend is QueueBackend.REDIS else None
             ),
         )
-        backend = Backend(settings, db, images, queue, catalog, events, service, degrade)
-        backend.paused_lanes.update(await load_paused_lanes(db))
+        pauses = LanePauses(db)
+        await pauses.refresh()
+        backend = Backend(settings, db, images, queue, catalog, events, service, degrade, pauses)
         try:
             if isinstance(queue, RedisQueue):
                 # Before the start-up reconcile: a loss from then on is seen.
@@ -204,7 +210,9 @@ async def open_backend(settings: Settings, *, local_worker: bool = True) -> Asyn
             restored = await service.reconcile()
             if restored:
                 log.warning("jobs_reconciled", count=restored)
-            await stack.enter_async_context(LoadWatcher(degrade, queue, db, backend.workers))
+            await stack.enter_async_context(
+                LoadWatcher(degrade, queue, db, backend.workers, catch_up=pauses.refresh)
+            )
             stack.push_async_callback(backend.stop)
             if local_worker:
                 await _start_local_workers(backend)

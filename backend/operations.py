@@ -2,17 +2,20 @@
 pausing and purging lanes, models on this process's devices, and statistics.
 
 Every change is written to the audit log with who did it. Pauses are kept in SQLite,
-so they survive a restart; they apply to the devices of the processes that read them
-at start-up or that were paused here.
+so they survive a restart, and every process sharing the data directory follows them:
+a pause applies at once to the process it was made in, and to the others at their next
+load-watcher pass (``degrade.sample_interval_s``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
 
 from backend.clock import wall_ms
 from backend.community import record_admin_action
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
     from backend.queue.base import JobQueue
     from backend.service import GenerationService
     from storage.db import Database
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +72,54 @@ class ServiceStats:
 PAUSED_LANES_KEY = "paused_lanes"
 
 
-async def load_paused_lanes(db: Database) -> set[Lane]:
-    """The lanes an admin paused, as stored (unknown names are dropped)."""
-    stored = await db.state.get(PAUSED_LANES_KEY)
+def _lanes_of(stored: Any) -> set[Lane]:
+    """The lanes a stored value names (anything else, or an unknown name, is dropped)."""
     names = stored if isinstance(stored, list) else []
     return {Lane(name) for name in names if name in {lane.value for lane in Lane}}
+
+
+def _names(lanes: Iterable[Lane]) -> list[str]:
+    return [lane.value for lane in LANE_ORDER if lane in set(lanes)]
+
+
+class LanePauses:
+    """The lanes an admin paused: nothing of them starts, and their queued jobs stay
+    queued.
+
+    :attr:`lanes` is this process's view, read on every claim. The database holds the
+    deployment's: a change is applied to it in one write transaction (no process loses
+    another's), then adopted here; :meth:`refresh` adopts a change another process made.
+    One lock orders the two, so a refresh never undoes a change made here meanwhile.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._lock = asyncio.Lock()
+        self.lanes: set[Lane] = set()
+
+    async def refresh(self) -> None:
+        """Adopt the stored pauses (logged when they differ from this process's)."""
+        async with self._lock:
+            stored = _lanes_of(await self._db.state.get(PAUSED_LANES_KEY))
+            if stored != self.lanes:
+                log.info("lane_pauses_adopted", paused=_names(stored))
+                self._adopt(stored)
+
+    async def change(self, lanes: Iterable[Lane], *, paused: bool) -> None:
+        """Pause ``lanes`` (or, with ``paused`` False, resume them) everywhere."""
+        moved = set(lanes)
+
+        def apply(stored: Any) -> list[str]:
+            now = _lanes_of(stored)
+            return _names(now | moved if paused else now - moved)
+
+        async with self._lock:
+            self._adopt(_lanes_of(await self._db.state.update(PAUSED_LANES_KEY, apply)))
+
+    def _adopt(self, lanes: set[Lane]) -> None:
+        # In place: the claim filter and the admin operations hold this very set.
+        self.lanes.intersection_update(lanes)
+        self.lanes.update(lanes)
 
 
 class Device(Protocol):
@@ -122,7 +170,7 @@ class Parts:
     catalog: ModelCatalog
     workers: Sequence[Device]
     registries: Sequence[Registry]
-    paused_lanes: set[Lane]
+    pauses: LanePauses
 
 
 class Operations:
@@ -168,19 +216,18 @@ class Operations:
 
     def paused_lanes(self) -> list[Lane]:
         """The paused lanes, in lane order."""
-        return [lane for lane in LANE_ORDER if lane in self._backend.paused_lanes]
+        return [lane for lane in LANE_ORDER if lane in self._backend.pauses.lanes]
 
     async def pause(self, lane: Lane | None, actor_id: int) -> list[Lane]:
-        """Stop starting jobs of ``lane`` (None: every lane); queued jobs stay queued."""
-        self._backend.paused_lanes.update(LANE_ORDER if lane is None else (lane,))
-        await self._store_pauses()
+        """Stop starting jobs of ``lane`` (None: every lane) on every process; queued
+        jobs stay queued."""
+        await self._backend.pauses.change(LANE_ORDER if lane is None else (lane,), paused=True)
         await self._audit(actor_id, "queue.pause", lane)
         return self.paused_lanes()
 
     async def resume(self, lane: Lane | None, actor_id: int) -> list[Lane]:
-        """Start jobs of ``lane`` again (None: every lane)."""
-        self._backend.paused_lanes.difference_update(LANE_ORDER if lane is None else (lane,))
-        await self._store_pauses()
+        """Start jobs of ``lane`` again (None: every lane) on every process."""
+        await self._backend.pauses.change(LANE_ORDER if lane is None else (lane,), paused=False)
         await self._audit(actor_id, "queue.resume", lane)
         return self.paused_lanes()
 
@@ -196,10 +243,6 @@ class Operations:
                 purged.append((row.id, row.user_id))
         await self._audit(actor_id, "queue.purge", lane, {"cancelled": len(purged)})
         return purged
-
-    async def _store_pauses(self) -> None:
-        names = [lane.value for lane in self.paused_lanes()]
-        await self._backend.db.state.set(PAUSED_LANES_KEY, names)
 
     # -- models ------------------------------------------------------------------------
 
@@ -244,7 +287,7 @@ class Operations:
             waits = today.waits_ms.get(lane.value, [])
             p95 = percentile([w / 1000 for w in waits], 95) if waits else None
             queued = await backend.queue.depth(lane)
-            lanes.append(LaneStats(lane, queued, p95, lane in backend.paused_lanes))
+            lanes.append(LaneStats(lane, queued, p95, lane in backend.pauses.lanes))
         workers = backend.workers
         busy = sum(w.busy for w in workers) / len(workers) if workers else None
         return ServiceStats(

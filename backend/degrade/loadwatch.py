@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -134,6 +134,8 @@ class LoadWatcher:
     """Samples the load and feeds the controller; an async context manager.
 
     ``devices`` is read at every poll, so a list that workers join later may be passed.
+    ``catch_up`` runs at the start of every pass (a failure is logged like any other of
+    the pass, which is tried again at the next).
     """
 
     def __init__(
@@ -144,6 +146,7 @@ class LoadWatcher:
         devices: Sequence[Device] = (),
         *,
         now_s: Callable[[], float] = monotonic_s,
+        catch_up: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         settings = controller.settings
         self.interval_s = settings.sample_interval_s
@@ -152,6 +155,7 @@ class LoadWatcher:
         self._db = db
         self._devices = devices
         self._now_s = now_s
+        self._catch_up = catch_up
         self._meter = LoadMeter(settings.sample_window_s)
         self._cursor: WaitCursor | None = None
         self._task: asyncio.Task[None] | None = None
@@ -192,7 +196,10 @@ class LoadWatcher:
             self._meter.record_busy(busy, self._now_s())
 
     async def tick(self) -> LoadSample:
-        """One pass: catch up with the other processes, measure, feed the ladder, publish."""
+        """One pass: catch up with the other processes (the level, and ``catch_up``:
+        what else they share, such as lane pauses), measure, feed the ladder, publish."""
+        if self._catch_up is not None:
+            await self._catch_up()
         hosts = await self._controller.pull()
         waits = await self._db.jobs.queue_waits(self._cursor)
         queue_len = await self._queue.depth()

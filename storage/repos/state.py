@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from storage.repos.base import Session, execute, fetch_one
@@ -24,7 +25,17 @@ class StateRepo:
 
     async def set(self, key: str, value: Any) -> None:
         """Store ``value`` under ``key``, replacing any earlier one."""
+        await self.update(key, lambda _: value)
+
+    async def update(self, key: str, change: Callable[[Any], Any]) -> Any:
+        """Store ``change(value)`` under ``key`` (``value`` None when nothing is stored)
+        in one write transaction, so that processes sharing the database do not lose
+        each other's changes; returns the stored value."""
         async with self._db.transaction() as conn:
+            row = await fetch_one(
+                conn, "SELECT value_json FROM service_state WHERE key = ?", (key,)
+            )
+            value = change(json.loads(row["value_json"]) if row is not None else None)
             await execute(
                 conn,
                 "INSERT INTO service_state (key, value_json, updated_at_ms) VALUES (?, ?, ?)"
@@ -32,6 +43,7 @@ class StateRepo:
                 " updated_at_ms = excluded.updated_at_ms",
                 (key, json.dumps(value, separators=(",", ":")), self._db.now_ms()),
             )
+        return value
 
     async def delete(self, key: str) -> bool:
         """Forget ``key``; True if it was stored."""

@@ -242,6 +242,26 @@ async def test_the_watcher_survives_a_failing_sample(
     assert [entry["event"] for entry in logs].count("degrade_sample_failed") == 1
 
 
+async def test_every_pass_catches_up_first_and_a_failed_catch_up_is_retried(
+    db: Database, clock: FakeClock, logs: list[MutableMapping[str, Any]]
+) -> None:
+    """``catch_up`` runs at the start of each pass, before the pass publishes; one that
+    fails ends its pass, is logged with it and runs again at the next pass."""
+    store = PublishWatchingStore()
+    published_before: list[bool] = []
+
+    async def catch_up() -> None:
+        published_before.append(store.published.is_set())
+        if len(published_before) == 1:
+            raise OSError("database is locked")
+
+    controller = controller_for(_fast_settings(), db, clock.monotonic, store, "me")
+    async with LoadWatcher(controller, MemoryQueue(), db, catch_up=catch_up):
+        await _wait_for(store.published)
+    assert published_before[:2] == [False, False]
+    assert [entry["event"] for entry in logs].count("degrade_sample_failed") == 1
+
+
 async def test_closing_stops_sampling_and_withdraws_the_host(
     db: Database, clock: FakeClock
 ) -> None:
