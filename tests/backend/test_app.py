@@ -5,6 +5,7 @@ jobs at once when interrupted; in process and on real ``imagine`` processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -48,7 +49,7 @@ def fast_env(engine_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _jobs(data_dir: Path) -> list[tuple[str, str, int, bool]]:
     """Every job's id, state, attempts and whether SQLite keeps a checkpoint for it."""
-    with sqlite3.connect(data_dir / "imagine.db") as db:
+    with contextlib.closing(sqlite3.connect(data_dir / "imagine.db")) as db:
         rows = db.execute("SELECT id, state, attempts, checkpoint IS NOT NULL FROM jobs")
         return [(job_id, state, attempts, bool(saved)) for job_id, state, attempts, saved in rows]
 
@@ -134,7 +135,7 @@ def test_a_second_generate_on_a_busy_data_dir_exits_2_and_the_first_finishes_onc
     assert line.startswith(f"imagine: error: data directory {fast_env} is in use by pid ")
     assert f"pid {first.pid} (python -m cli generate, since " in line and "redis" in line
     assert [job[1:] for job in _jobs(fast_env)] == [("succeeded", 1, False)]
-    with sqlite3.connect(fast_env / "imagine.db") as db:
+    with contextlib.closing(sqlite3.connect(fast_env / "imagine.db")) as db:
         assert db.execute("SELECT user_id, jobs FROM usage").fetchall() == [(1, 1)]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
@@ -33,7 +34,7 @@ def test_migrate_reports_version(
     latest = len(discover())
     assert main(["migrate"]) == 0
     assert f"schema version {latest}" in capsys.readouterr().out
-    with sqlite3.connect(tmp_path / "imagine.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "imagine.db")) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == latest
 
 

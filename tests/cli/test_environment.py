@@ -3,6 +3,7 @@ no traceback, and nothing written (no database, no output, no probe left behind)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -122,10 +123,10 @@ def test_database_that_is_a_directory(tmp_path: Path) -> None:
 
 def test_database_from_a_newer_version(tmp_path: Path) -> None:
     """A database migrated by newer code is refused in one line, schema left alone."""
-    with sqlite3.connect(tmp_path / "imagine.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "imagine.db")) as db:
         db.execute("PRAGMA user_version = 999")
     _refused(_imagine("migrate", IMAGINE_DATA_DIR=str(tmp_path)), "999", "newer")
-    with sqlite3.connect(tmp_path / "imagine.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "imagine.db")) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (999,)
 
 

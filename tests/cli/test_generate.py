@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -44,7 +45,7 @@ def test_generate_end_to_end(engine_env: Path, tmp_path: Path) -> None:
     with Image.open(out) as grid:
         # 128x64 samples, each tile scaled 4x to reach 256 px on its shorter side.
         assert grid.format == "PNG" and grid.size == (2 * 512, 2 * 256)
-    with sqlite3.connect(engine_env / "imagine.db") as db:
+    with contextlib.closing(sqlite3.connect(engine_env / "imagine.db")) as db:
         state, delivered, spec = db.execute(
             "SELECT state, delivered_at_ms, spec_json FROM jobs"
         ).fetchone()
@@ -140,7 +141,7 @@ def test_output_that_cannot_be_written_is_not_delivered(
     assert error.startswith("imagine: failed: could not write") and "No space left" in error
     assert "not marked delivered" in error
     assert not [p for p in tmp_path.iterdir() if "out.png" in p.name]
-    with sqlite3.connect(engine_env / "imagine.db") as db:
+    with contextlib.closing(sqlite3.connect(engine_env / "imagine.db")) as db:
         state, delivered = db.execute("SELECT state, delivered_at_ms FROM jobs").fetchone()
     assert state == "succeeded" and delivered is None
 

@@ -5,6 +5,7 @@ a stand-in backend for the helper's rules, and ``imagine generate`` on the tiny 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -213,7 +214,7 @@ class Generate:
 
 
 def _job(data_dir: Path) -> tuple[str, str, int, bool]:
-    with sqlite3.connect(data_dir / "imagine.db") as db:
+    with contextlib.closing(sqlite3.connect(data_dir / "imagine.db")) as db:
         (row,) = db.execute(
             "SELECT id, state, attempts, checkpoint IS NOT NULL FROM jobs WHERE user_id = 1"
         ).fetchall()
@@ -263,7 +264,7 @@ def test_ctrl_c_twice_quits_at_once_and_the_next_run_finishes_the_job_once(
     second = Generate("a boat --steps 2 --n 1 --seed 6", tmp_path / "second.err", user_id=2)
     assert second.wait(RUN_BOUND_S) == 0, second.tail()
     assert _job(fast_env)[1:3] == ("succeeded", 2)
-    with sqlite3.connect(fast_env / "imagine.db") as db:
+    with contextlib.closing(sqlite3.connect(fast_env / "imagine.db")) as db:
         charged = db.execute("SELECT user_id, jobs FROM usage ORDER BY user_id").fetchall()
     assert charged == [(1, 1), (2, 1)]
     claims = [line for line in second.stderr.read_text().splitlines() if job_id in line]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -94,7 +95,7 @@ async def test_directory_in_place_of_the_database_is_refused(tmp_path: Path) -> 
 async def test_newer_database_is_an_unusable_storage_error(tmp_path: Path) -> None:
     """A database from a newer version is refused as unusable storage (status 2 at the
     command line), like the other unusable-file cases."""
-    with sqlite3.connect(tmp_path / "imagine.db") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "imagine.db")) as conn:
         conn.execute("PRAGMA user_version = 999")
     with pytest.raises(DatabaseTooNewError) as caught:
         async with Database.open(tmp_path / "imagine.db"):
