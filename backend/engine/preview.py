@@ -104,15 +104,15 @@ class PreviewMaker:
 
     @staticmethod
     def _decode_with(job: ActiveJob, decoder: Any | None) -> Image.Image:
-        """Through ``decoder`` (an ``AutoencoderTiny``), else the model's own VAE."""
+        """Through ``decoder`` (an ``AutoencoderTiny``), else the model's own VAE as the
+        final image is decoded (an fp16 SDXL VAE in fp32)."""
         assert job.latents is not None
         latents = job.latents[:1]
-        with torch.inference_mode():
-            if decoder is not None:
+        if decoder is not None:
+            with torch.inference_mode():
                 pixels = decoder.decode(latents.to(decoder.dtype), return_dict=False)[0]
-            else:
-                vae = job.runtime.vae
-                pixels = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+        else:
+            pixels = job.runtime.decode_pixels(latents)
         array = ((pixels[0].float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
         return Image.fromarray(array.permute(1, 2, 0).cpu().numpy(), mode="RGB")
 

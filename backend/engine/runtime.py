@@ -173,10 +173,21 @@ class ModelRuntime:
             )
         return images
 
-    def _decode_sdxl(self, latents: torch.Tensor) -> list[Any]:
-        # As the stock SDXL pipeline: an fp16 VAE that overflows decodes in fp32, the
-        # latents are de-normalized when the VAE has per-channel statistics, and the
-        # invisible watermark is applied when the pipeline carries one.
+    def decode_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE's pixels (-1 to 1) of ``latents``, not post-processed (for previews),
+        decoded the way :meth:`decode` decodes them: for SDXL in fp32 when an fp16 VAE
+        asks for it, and de-normalized by the VAE's per-channel statistics."""
+        vae = self.vae
+        with torch.inference_mode():
+            if self.family is ModelFamily.SDXL:
+                return self._sdxl_pixels(latents)
+            scaled = latents.to(vae.dtype) / vae.config.scaling_factor
+            pixels: torch.Tensor = vae.decode(scaled, return_dict=False)[0]
+        return pixels
+
+    def _sdxl_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        # As the stock SDXL pipeline: an fp16 VAE that overflows decodes in fp32, and the
+        # latents are de-normalized when the VAE has per-channel statistics.
         vae = self.vae
         with self._vae_upcast() as dtype:
             latents = latents.to(dtype)
@@ -185,7 +196,13 @@ class ModelRuntime:
                 latents = latents * stats[1] / vae.config.scaling_factor + stats[0]
             else:
                 latents = latents / vae.config.scaling_factor
-            image = vae.decode(latents, return_dict=False)[0]
+            pixels: torch.Tensor = vae.decode(latents, return_dict=False)[0]
+        return pixels
+
+    def _decode_sdxl(self, latents: torch.Tensor) -> list[Any]:
+        # The stock SDXL pipeline's decode, then its invisible watermark when the
+        # pipeline carries one.
+        image = self._sdxl_pixels(latents)
         watermark = getattr(self.pipe, "watermark", None)
         if watermark is not None:
             image = watermark.apply_watermark(image)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import torch
 from PIL import Image
 
 from backend.engine.preview import PreviewMaker, encode_preview, linear_preview
+from backend.engine.runtime import ModelRuntime
+from config.settings import ModelFamily
 
 
 def test_linear_preview_of_512px_latents_is_small_webp() -> None:
@@ -42,9 +45,22 @@ class _Vae:
         return (pixels,)
 
 
+class _Runtime:
+    """A model whose VAE is ``vae`` (8x smaller latents than pixels in the real ones;
+    4x here)."""
+
+    vae_scale = 4
+
+    def __init__(self, vae: _Vae) -> None:
+        self.vae = vae
+
+    def decode_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents / self.vae.config.scaling_factor)[0]
+
+
 def _job(side: int, vae: _Vae) -> object:
-    runtime = type("Runtime", (), {"vae": vae, "vae_scale": 4})()
-    return type("Job", (), {"latents": torch.zeros((1, 4, side, side)), "runtime": runtime})()
+    latents = torch.zeros((1, 4, side, side))
+    return type("Job", (), {"latents": latents, "runtime": _Runtime(vae)})()
 
 
 def test_small_latents_are_previewed_through_the_models_own_vae_and_scaled_up() -> None:
@@ -61,3 +77,23 @@ def test_small_latents_are_previewed_through_the_models_own_vae_and_scaled_up() 
         assert red > 200 and green < 60 and blue < 60
     maker.maybe(_job(64, vae), 1)  # type: ignore[arg-type]
     assert vae.calls == 1
+
+
+def test_an_fp16_sdxl_vae_previews_in_fp32_as_the_final_image_decodes(
+    tiny_sdxl_dir: Path,
+) -> None:
+    """SDXL's VAE overflows in fp16 and asks to be upcast: a preview through the model's
+    VAE decodes in fp32, as the final image does, and leaves the VAE in fp16."""
+    from diffusers import StableDiffusionXLPipeline
+
+    # Its own pipeline: the session's runtime keeps its fp32 weights.
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir, dtype=torch.float32)
+    pipe.vae.to(torch.float16)
+    assert pipe.vae.config.force_upcast
+    runtime = ModelRuntime("tiny-sdxl", pipe, ModelFamily.SDXL, torch.device("cpu"))
+    seen: list[torch.dtype] = []
+    pipe.vae.decoder.register_forward_pre_hook(lambda _module, args: seen.append(args[0].dtype))
+    latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    job = type("Job", (), {"latents": latents.half(), "runtime": runtime})()
+    assert PreviewMaker(every_steps=1).maybe(job, 1) is not None  # type: ignore[arg-type]
+    assert seen == [torch.float32] and pipe.vae.dtype == torch.float16
