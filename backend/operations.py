@@ -78,8 +78,13 @@ def _lanes_of(stored: Any) -> set[Lane]:
     return {Lane(name) for name in names if name in {lane.value for lane in Lane}}
 
 
-def _names(lanes: Iterable[Lane]) -> list[str]:
-    return [lane.value for lane in LANE_ORDER if lane in set(lanes)]
+def _in_order(lanes: set[Lane]) -> list[Lane]:
+    """``lanes`` in lane order."""
+    return [lane for lane in LANE_ORDER if lane in lanes]
+
+
+def _names(lanes: set[Lane]) -> list[str]:
+    return [lane.value for lane in _in_order(lanes)]
 
 
 class LanePauses:
@@ -216,7 +221,7 @@ class Operations:
 
     def paused_lanes(self) -> list[Lane]:
         """The paused lanes, in lane order."""
-        return [lane for lane in LANE_ORDER if lane in self._backend.pauses.lanes]
+        return _in_order(self._backend.pauses.lanes)
 
     async def pause(self, lane: Lane | None, actor_id: int) -> list[Lane]:
         """Stop starting jobs of ``lane`` (None: every lane) on every process; queued

@@ -161,53 +161,45 @@ class ModelRuntime:
             return self._decode(latents, generators)
 
     def _decode(self, latents: torch.Tensor, generators: list[torch.Generator]) -> list[Any]:
-        vae = self.vae
+        pixels = self.decode_pixels(latents, generators)
         with torch.inference_mode():
             if self.family is ModelFamily.SDXL:
-                return self._decode_sdxl(latents)
-            image = vae.decode(
-                latents / vae.config.scaling_factor, return_dict=False, generator=generators
-            )[0]
-            images: list[Any] = self.pipe.image_processor.postprocess(
-                image, output_type="pil", do_denormalize=[True] * image.shape[0]
+                # The stock SDXL pipeline's invisible watermark, when it carries one.
+                watermark = getattr(self.pipe, "watermark", None)
+                if watermark is not None:
+                    pixels = watermark.apply_watermark(pixels)
+                images: list[Any] = self.pipe.image_processor.postprocess(pixels, output_type="pil")
+                return images
+            images = self.pipe.image_processor.postprocess(
+                pixels, output_type="pil", do_denormalize=[True] * pixels.shape[0]
             )
         return images
 
-    def decode_pixels(self, latents: torch.Tensor) -> torch.Tensor:
-        """The VAE's pixels (-1 to 1) of ``latents``, not post-processed (for previews),
-        decoded the way :meth:`decode` decodes them: for SDXL in fp32 when an fp16 VAE
-        asks for it, and de-normalized by the VAE's per-channel statistics."""
+    def decode_pixels(
+        self, latents: torch.Tensor, generators: list[torch.Generator] | None = None
+    ) -> torch.Tensor:
+        """The VAE's pixels (-1 to 1) of ``latents``, not post-processed: what
+        :meth:`decode` and the previews build on. As the stock pipelines decode: SDXL
+        in fp32 when an fp16 VAE asks for it (it overflows in fp16), de-normalized by
+        the VAE's per-channel statistics where it has them."""
         vae = self.vae
+        scale = vae.config.scaling_factor
         with torch.inference_mode():
-            if self.family is ModelFamily.SDXL:
-                return self._sdxl_pixels(latents)
-            scaled = latents.to(vae.dtype) / vae.config.scaling_factor
-            pixels: torch.Tensor = vae.decode(scaled, return_dict=False)[0]
+            if self.family is not ModelFamily.SDXL:
+                scaled = latents.to(vae.dtype) / scale
+                pixels: torch.Tensor = vae.decode(scaled, return_dict=False, generator=generators)[
+                    0
+                ]
+                return pixels
+            with self._vae_upcast() as dtype:
+                latents = latents.to(dtype)
+                stats = self._latent_stats(latents)
+                if stats is not None:
+                    latents = latents * stats[1] / scale + stats[0]
+                else:
+                    latents = latents / scale
+                pixels = vae.decode(latents, return_dict=False)[0]
         return pixels
-
-    def _sdxl_pixels(self, latents: torch.Tensor) -> torch.Tensor:
-        # As the stock SDXL pipeline: an fp16 VAE that overflows decodes in fp32, and the
-        # latents are de-normalized when the VAE has per-channel statistics.
-        vae = self.vae
-        with self._vae_upcast() as dtype:
-            latents = latents.to(dtype)
-            stats = self._latent_stats(latents)
-            if stats is not None:
-                latents = latents * stats[1] / vae.config.scaling_factor + stats[0]
-            else:
-                latents = latents / vae.config.scaling_factor
-            pixels: torch.Tensor = vae.decode(latents, return_dict=False)[0]
-        return pixels
-
-    def _decode_sdxl(self, latents: torch.Tensor) -> list[Any]:
-        # The stock SDXL pipeline's decode, then its invisible watermark when the
-        # pipeline carries one.
-        image = self._sdxl_pixels(latents)
-        watermark = getattr(self.pipe, "watermark", None)
-        if watermark is not None:
-            image = watermark.apply_watermark(image)
-        images: list[Any] = self.pipe.image_processor.postprocess(image, output_type="pil")
-        return images
 
     @contextmanager
     def _vae_upcast(self) -> Iterator[torch.dtype]:

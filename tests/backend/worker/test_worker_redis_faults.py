@@ -143,21 +143,28 @@ async def test_close_ends_within_its_bound_when_redis_is_gone(
         assert await rig.ledger.checkpoint(job_id)
 
 
+async def _through_a_short_outage(rig: Rig, private_redis: PrivateRedis) -> list[JobEvent]:
+    """Run a 250-step job with Redis stopped for 1.2 s (within a 3 s lease) mid-job;
+    its events, once it is checked to have succeeded in its first attempt."""
+    job_id, subscription = await start_job(rig, steps=250)
+    private_redis.stop(keep_data=True)
+    await asyncio.sleep(1.2)
+    private_redis.start()
+    events = await events_until_final(subscription)
+    assert events[-1].kind is EventKind.SUCCEEDED
+    row = await rig.db.jobs.get(job_id)
+    assert row is not None and row.state == "succeeded" and row.attempts == 1
+    return events
+
+
 async def test_a_redis_outage_shorter_than_the_lease_leaves_the_job_running(
     tmp_path: Path, private_redis: PrivateRedis
 ) -> None:
     """Redis stopped mid-job and started again within the lease: the worker reconnects,
     the job finishes in its first attempt, never preempted."""
     async with open_rig(tmp_path, private_redis, lease_s=3.0) as rig:
-        job_id, subscription = await start_job(rig, steps=250)
-        private_redis.stop(keep_data=True)
-        await asyncio.sleep(1.2)
-        private_redis.start()
-        events = await events_until_final(subscription)
-        assert events[-1].kind is EventKind.SUCCEEDED
+        events = await _through_a_short_outage(rig, private_redis)
         assert not any(event.kind is EventKind.PREEMPTED for event in events)
-        row = await rig.db.jobs.get(job_id)
-        assert row is not None and row.state == "succeeded" and row.attempts == 1
 
 
 async def test_a_redis_outage_while_claims_are_scoped_to_realtime_work(
@@ -171,14 +178,7 @@ async def test_a_redis_outage_while_claims_are_scoped_to_realtime_work(
         return False
 
     async with open_rig(tmp_path, private_redis, lease_s=3.0, joins=never_pays) as rig:
-        job_id, subscription = await start_job(rig, steps=250)
-        private_redis.stop(keep_data=True)
-        await asyncio.sleep(1.2)
-        private_redis.start()
-        events = await events_until_final(subscription)
-        assert events[-1].kind is EventKind.SUCCEEDED
-        row = await rig.db.jobs.get(job_id)
-        assert row is not None and row.state == "succeeded" and row.attempts == 1
+        await _through_a_short_outage(rig, private_redis)
         _, after = await start_job(rig, steps=5)
         assert (await events_until_final(after))[-1].kind is EventKind.SUCCEEDED
 
